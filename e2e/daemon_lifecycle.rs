@@ -1,0 +1,287 @@
+//! Start-up, configuration errors, locking, signals and the store across crashes.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use nix::sys::signal::Signal;
+
+use crate::harness::{Daemon, TestDir, pod_cidr_request, run_crius};
+
+fn daemon_with(config: &std::path::Path) -> (std::process::ExitStatus, String) {
+    let (status, _, err) = run_crius(&["daemon", "--config", config.to_str().unwrap()]);
+    (status, err)
+}
+
+#[test]
+fn config_errors_exit_2_naming_the_key_and_value() {
+    let dir = TestDir::new();
+    let cases = [
+        ("unknown key", "rooot = \"/x\"", vec!["rooot"]),
+        (
+            "unknown nested key",
+            "[cni]\nconfdir = \"/x\"",
+            vec!["confdir"],
+        ),
+        (
+            "wrong type",
+            "shutdown_timeout_secs = \"soon\"",
+            vec!["shutdown_timeout_secs"],
+        ),
+        (
+            "invalid enum",
+            "log_format = \"xml\"",
+            vec!["log_format", "xml"],
+        ),
+        (
+            "invalid value",
+            "cgroup_driver = \"systemd\"",
+            vec!["cgroup_driver", "systemd"],
+        ),
+        (
+            "invalid mirror",
+            "[registry.mirrors]\n\"registry.k8s.io\" = [\"127.0.0.1:5000\"]",
+            vec!["registry.k8s.io", "127.0.0.1:5000"],
+        ),
+        ("not TOML", "root = ", vec!["config file"]),
+    ];
+    for (what, text, needles) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let (status, err) = daemon_with(&path);
+        assert_eq!(status.code(), Some(2), "{what}: {status}\n{err}");
+        for needle in needles {
+            assert!(err.contains(needle), "{what}: {needle:?} not in {err:?}");
+        }
+    }
+    // A config file named on the command line must exist.
+    let (status, err) = daemon_with(&dir.path().join("missing.toml"));
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("missing.toml"), "{err}");
+    // Flags are checked like file values.
+    let (status, _, err) = run_crius(&[
+        "daemon",
+        "--root",
+        "relative/dir",
+        "--listen",
+        "/tmp/x.sock",
+    ]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("root") && err.contains("relative/dir"),
+        "{err}"
+    );
+    // Nothing was created for a refused config.
+    assert!(!dir.socket().exists());
+    assert_eq!(std::fs::read_dir(dir.root()).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_is_0660_and_sigterm_removes_it() {
+    let mut daemon = Daemon::start("").await;
+    let mode = std::fs::metadata(daemon.socket())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660);
+    daemon.stop();
+    // SIGINT stops it just the same.
+    daemon.spawn().await;
+    let status = daemon.stop_with(Signal::SIGINT);
+    assert!(status.success(), "{status}");
+    assert!(!daemon.socket().exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_waits_for_an_in_flight_rpc() {
+    let mut daemon = Daemon::start("").await;
+    let mut rt = daemon.runtime().await.unwrap();
+    // Many RPCs in flight at once when the signal lands: each either completes or was never
+    // accepted; none is cut off half-way with an internal error.
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let mut rt = rt.clone();
+            tokio::spawn(async move { rt.status(cri::StatusRequest { verbose: true }).await })
+        })
+        .collect();
+    rt.version(cri::VersionRequest::default()).await.unwrap();
+    daemon.stop();
+    for call in calls {
+        if let Err(status) = call.await.unwrap() {
+            assert_ne!(status.code(), tonic::Code::Internal, "{status:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_socket_is_replaced() {
+    let dir = TestDir::new();
+    // A socket file with nobody listening, as a daemon killed with SIGKILL leaves it.
+    drop(std::os::unix::net::UnixListener::bind(dir.socket()).unwrap());
+    assert!(dir.socket().exists());
+    let config = dir.write_config("config.toml", "");
+    let mut daemon = Daemon::start_in(dir, config).await;
+    daemon.stop();
+}
+
+#[test]
+fn a_file_at_the_socket_path_is_not_clobbered() {
+    let dir = TestDir::new();
+    std::fs::write(dir.socket(), "precious").unwrap();
+    let config = dir.write_config("config.toml", "");
+    let (status, err) = daemon_with(&config);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(dir.socket()).unwrap(), "precious");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_socket_or_root_is_refused() {
+    let daemon = Daemon::start("").await;
+    let other = TestDir::new();
+
+    // Same socket, other root.
+    let (status, _, err) = run_crius(&[
+        "daemon",
+        "--root",
+        other.root().to_str().unwrap(),
+        "--state",
+        other.state().to_str().unwrap(),
+        "--listen",
+        &format!("unix://{}", daemon.socket().display()),
+    ]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("already uses socket"), "{err}");
+    assert!(err.contains(&daemon.pid().to_string()), "{err}");
+
+    // Same root, other socket.
+    let (status, _, err) = run_crius(&[
+        "daemon",
+        "--root",
+        daemon.dir.root().to_str().unwrap(),
+        "--state",
+        other.state().to_str().unwrap(),
+    ]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("already uses root"), "{err}");
+    assert!(!other.socket().exists());
+
+    // The first daemon is untouched.
+    daemon
+        .runtime()
+        .await
+        .unwrap()
+        .version(cri::VersionRequest::default())
+        .await
+        .unwrap();
+}
+
+async fn stored_pod_cidr(daemon: &Daemon) -> String {
+    let s = daemon
+        .runtime()
+        .await
+        .unwrap()
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    s.info["podCIDR"].clone()
+}
+
+fn cidr(i: i64) -> String {
+    format!("10.{}.{}.0/24", i / 256, i % 256)
+}
+
+/// Writes acknowledged before a kill -9 are read back after the restart, and the database file
+/// is consistent whatever moment the kill hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_survives_kill_9_mid_write() {
+    let mut daemon = Daemon::start("").await;
+    let mut rt = daemon.runtime().await.unwrap();
+    rt.update_runtime_config(pod_cidr_request(&cidr(0)))
+        .await
+        .unwrap();
+    // Restart after a clean write.
+    daemon.kill9();
+    daemon.spawn().await;
+    assert_eq!(stored_pod_cidr(&daemon).await, cidr(0));
+
+    for round in 0..3 {
+        let acked = Arc::new(AtomicI64::new(0));
+        let writer = {
+            let acked = acked.clone();
+            let mut rt = daemon.runtime().await.unwrap();
+            tokio::spawn(async move {
+                for i in 1..60_000 {
+                    if rt
+                        .update_runtime_config(pod_cidr_request(&cidr(i)))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    acked.store(i, Ordering::SeqCst);
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(150 + 100 * round)).await;
+        daemon.kill9();
+        let _ = writer.await;
+        let last_acked = acked.load(Ordering::SeqCst);
+        assert!(last_acked > 0, "no write was acknowledged before the kill");
+        daemon.spawn().await;
+        let stored = stored_pod_cidr(&daemon).await;
+        // The last acknowledged write, or the one in flight when the kill landed.
+        assert!(
+            stored == cidr(last_acked) || stored == cidr(last_acked + 1),
+            "round {round}: stored {stored}, last acknowledged {}",
+            cidr(last_acked)
+        );
+    }
+    daemon.stop();
+    let db = rusqlite::Connection::open(daemon.dir.root().join("crius.db")).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
+
+#[test]
+fn check_reports_the_host_and_fails_without_cni_plugins() {
+    let dir = TestDir::new();
+    let good = dir.write_config("good.toml", "");
+    let (status, out, _) = run_crius(&["check", "--config", good.to_str().unwrap()]);
+    assert!(status.success(), "crius check failed on this host:\n{out}");
+    for needle in [
+        "running as root",
+        "net namespace",
+        "overlayfs",
+        "cgroup",
+        "CNI plugin loopback",
+        "iptables",
+    ] {
+        assert!(out.contains(needle), "{needle:?} not in:\n{out}");
+    }
+    // No CNI network config is a warning, not a failure.
+    assert!(out.contains("[warn] CNI network config"), "{out}");
+
+    let empty_bin = dir.path().join("empty-bin");
+    std::fs::create_dir_all(&empty_bin).unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "root = {:?}\n[cni]\nbin_dirs = [{:?}]\n",
+            dir.root(),
+            empty_bin
+        ),
+    )
+    .unwrap();
+    let (status, out, _) = run_crius(&["check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("[FAIL] CNI plugin loopback"), "{out}");
+    assert_eq!(status.signal(), None);
+}

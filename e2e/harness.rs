@@ -1,0 +1,343 @@
+//! The e2e harness: runs the real `crius daemon` on a temporary root, state dir and socket,
+//! talks CRI to it over the socket as kubelet does, and on teardown checks that nothing the
+//! daemon made is left behind (processes, mounts, the socket).
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub const CRIUS: &str = env!("CARGO_BIN_EXE_crius");
+/// Where Debian's containernetworking-plugins live.
+pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A temporary directory tree for one test: root, state, CNI conf dir, config and logs.
+pub struct TestDir {
+    tmp: tempfile::TempDir,
+}
+
+impl TestDir {
+    pub fn new() -> TestDir {
+        let tmp = tempfile::Builder::new()
+            .prefix("crius-e2e-")
+            .tempdir_in("/tmp")
+            .expect("create temp dir");
+        for sub in ["root", "state", "net.d"] {
+            fs::create_dir_all(tmp.path().join(sub)).unwrap();
+        }
+        TestDir { tmp }
+    }
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+    pub fn root(&self) -> PathBuf {
+        self.path().join("root")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.path().join("state")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.state().join("crius.sock")
+    }
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.path().join("net.d")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.path().join("daemon.log")
+    }
+
+    /// Writes a config file pointing everything into this dir, plus `extra` TOML.
+    pub fn write_config(&self, name: &str, extra: &str) -> PathBuf {
+        let path = self.path().join(name);
+        let text = format!(
+            "root = {root:?}\nstate = {state:?}\nlisten = {sock:?}\nshutdown_timeout_secs = 5\n{extra}\n\
+             [cni]\nconf_dir = {conf:?}\nbin_dirs = [{bin:?}]\n",
+            root = self.root(),
+            state = self.state(),
+            sock = self.socket(),
+            conf = self.cni_conf_dir(),
+            bin = CNI_BIN_DIR,
+        );
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Writes the bridge network every pod test uses.
+    pub fn write_bridge_cni_config(&self) -> PathBuf {
+        let path = self.cni_conf_dir().join("10-crius-e2e.conflist");
+        fs::write(
+            &path,
+            r#"{
+  "cniVersion": "1.0.0",
+  "name": "crius-e2e",
+  "plugins": [
+    {"type": "bridge", "bridge": "criuse2e0", "isGateway": true, "ipMasq": false,
+     "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.233.0.0/24"}]]}},
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+"#,
+        )
+        .unwrap();
+        path
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+/// Runs `crius <args>` to completion (bounded) and returns its status, stdout and stderr.
+pub fn run_crius(args: &[&str]) -> (ExitStatus, String, String) {
+    let mut child = Command::new(CRIUS)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn crius");
+    let status = wait_timeout(&mut child, START_TIMEOUT).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("crius {args:?} did not exit within {START_TIMEOUT:?}");
+    });
+    let mut out = String::new();
+    let mut err = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status, out, err)
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for crius") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running daemon. Dropping it stops it (SIGTERM) and checks for leftovers.
+pub struct Daemon {
+    pub dir: TestDir,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts a daemon on a fresh test dir with `extra` config.
+    pub async fn start(extra_config: &str) -> Daemon {
+        let dir = TestDir::new();
+        let config = dir.write_config("config.toml", extra_config);
+        Daemon::start_in(dir, config).await
+    }
+
+    /// Starts a daemon on a prepared test dir and config file.
+    pub async fn start_in(dir: TestDir, config: PathBuf) -> Daemon {
+        let mut daemon = Daemon {
+            dir,
+            config,
+            child: None,
+        };
+        daemon.spawn().await;
+        daemon
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.socket()
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("daemon running").id() as i32)
+    }
+
+    /// Starts (again) the daemon on this dir and waits until it answers Version.
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "daemon already running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.log_path())
+            .unwrap();
+        let child = Command::new(CRIUS)
+            .args(["daemon", "--config"])
+            .arg(&self.config)
+            .args(["--log-level", "debug"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn crius daemon");
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                panic!(
+                    "crius daemon exited during start-up ({status}):\n{}",
+                    self.dir.log()
+                );
+            }
+            if self.socket().exists() {
+                let ok = async {
+                    let mut c = self.runtime().await.ok()?;
+                    c.version(k8s_cri::v1::VersionRequest::default()).await.ok()
+                }
+                .await
+                .is_some();
+                if ok {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "crius daemon did not answer within {START_TIMEOUT:?}:\n{}",
+                self.dir.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn channel(&self) -> Result<Channel, tonic::transport::Error> {
+        connect(&self.socket()).await
+    }
+
+    pub async fn runtime(&self) -> Result<RuntimeServiceClient<Channel>, tonic::transport::Error> {
+        Ok(RuntimeServiceClient::new(self.channel().await?))
+    }
+
+    pub async fn image(&self) -> Result<ImageServiceClient<Channel>, tonic::transport::Error> {
+        Ok(ImageServiceClient::new(self.channel().await?))
+    }
+
+    /// Sends `signal` and waits for the daemon to exit.
+    pub fn stop_with(&mut self, signal: Signal) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        kill(Pid::from_raw(child.id() as i32), signal).expect("signal crius");
+        wait_timeout(&mut child, STOP_TIMEOUT).unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "crius daemon did not exit within {STOP_TIMEOUT:?} of {signal}:\n{}",
+                self.dir.log()
+            );
+        })
+    }
+
+    /// Graceful stop; asserts exit status 0 and that the socket is gone.
+    pub fn stop(&mut self) {
+        let status = self.stop_with(Signal::SIGTERM);
+        assert!(
+            status.success(),
+            "crius exited with {status} on SIGTERM:\n{}",
+            self.dir.log()
+        );
+        assert!(!self.socket().exists(), "SIGTERM left the socket behind");
+    }
+
+    /// Simulates a crash.
+    pub fn kill9(&mut self) {
+        let status = self.stop_with(Signal::SIGKILL);
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+    }
+
+    /// Asserts that nothing started or mounted for this test dir remains.
+    pub fn assert_nothing_left(&self) {
+        let needle = self.dir.path().to_string_lossy().into_owned();
+        let processes = processes_mentioning(&needle);
+        assert!(processes.is_empty(), "processes left behind: {processes:?}");
+        let mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .map(str::to_string)
+            .collect();
+        assert!(mounts.is_empty(), "mounts left behind: {mounts:?}");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let status = self.stop_with(Signal::SIGTERM);
+            if !std::thread::panicking() {
+                assert!(status.success(), "crius exited with {status} on SIGTERM");
+                assert!(!self.socket().exists(), "SIGTERM left the socket behind");
+            }
+        }
+        if !std::thread::panicking() {
+            self.assert_nothing_left();
+        }
+    }
+}
+
+/// PIDs and command lines of processes whose command line contains `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(raw) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+/// A gRPC channel over the unix socket, as kubelet dials it.
+pub async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
+    let socket = socket.to_path_buf();
+    // The URI is ignored by the connector; tonic needs a syntactically valid one.
+    Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+}
+
+/// UpdateRuntimeConfig with a pod CIDR, as kubelet sends it.
+pub fn pod_cidr_request(cidr: &str) -> k8s_cri::v1::UpdateRuntimeConfigRequest {
+    use k8s_cri::v1 as cri;
+    cri::UpdateRuntimeConfigRequest {
+        runtime_config: Some(cri::RuntimeConfig {
+            network_config: Some(cri::NetworkConfig {
+                pod_cidr: cidr.to_string(),
+            }),
+        }),
+    }
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine (as root): installs what it needs, checks
+# formatting and lints, then runs the unit tests and the end-to-end tests, which start real crius
+# daemons on temporary roots and sockets and drive them over CRI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash hack/install-deps.sh
+command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+echo "== cargo test (unit + e2e)"
+cargo test --locked --all-targets

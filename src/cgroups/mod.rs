@@ -1,0 +1,135 @@
+//! cgroups: which hierarchy this host uses and which controllers it offers.
+//!
+//! v2 when /sys/fs/cgroup is a cgroup2 mount; otherwise v1 (a hybrid host's empty cgroup2 mount
+//! at /sys/fs/cgroup/unified holds no controllers and is not used).
+
+use std::path::Path;
+
+use serde::Serialize;
+
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum CgroupVersion {
+    V1,
+    V2,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CgroupLayout {
+    pub version: CgroupVersion,
+    /// Controllers available to the runtime, sorted.
+    pub controllers: Vec<String>,
+}
+
+/// Controllers a pod runtime cannot work without.
+pub fn required_controllers(version: CgroupVersion) -> &'static [&'static str] {
+    match version {
+        CgroupVersion::V1 => &[
+            "cpu", "cpuacct", "cpuset", "memory", "pids", "devices", "freezer",
+        ],
+        CgroupVersion::V2 => &["cpu", "cpuset", "memory", "pids"],
+    }
+}
+
+/// Reads the host's cgroup layout.
+pub fn detect() -> std::io::Result<CgroupLayout> {
+    let root = Path::new(CGROUP_ROOT);
+    if is_cgroup2_mount(root)? {
+        let text = std::fs::read_to_string(root.join("cgroup.controllers"))?;
+        Ok(CgroupLayout {
+            version: CgroupVersion::V2,
+            controllers: parse_v2_controllers(&text),
+        })
+    } else {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+        Ok(CgroupLayout {
+            version: CgroupVersion::V1,
+            controllers: parse_v1_controllers(&mountinfo),
+        })
+    }
+}
+
+fn is_cgroup2_mount(path: &Path) -> std::io::Result<bool> {
+    let fs = nix::sys::statfs::statfs(path).map_err(std::io::Error::from)?;
+    Ok(fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+}
+
+/// `cgroup.controllers` of a v2 root: space-separated names.
+pub fn parse_v2_controllers(text: &str) -> Vec<String> {
+    let mut c: Vec<String> = text.split_whitespace().map(str::to_string).collect();
+    c.sort();
+    c.dedup();
+    c
+}
+
+/// Every controller a v1 hierarchy can carry; other super options (rw, xattr, name=…) are not.
+const V1_CONTROLLERS: &[&str] = &[
+    "blkio",
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "devices",
+    "freezer",
+    "hugetlb",
+    "memory",
+    "misc",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+    "pids",
+    "rdma",
+];
+
+/// Controllers of the v1 hierarchies mounted, from /proc/self/mountinfo (`cgroup` filesystems;
+/// their super options name the controllers, e.g. `rw,cpu,cpuacct`).
+pub fn parse_v1_controllers(mountinfo: &str) -> Vec<String> {
+    let mut controllers = Vec::new();
+    for line in mountinfo.lines() {
+        // Fields after " - " are: fstype source super-options.
+        let Some((_, tail)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut fields = tail.split_whitespace();
+        if fields.next() != Some("cgroup") {
+            continue;
+        }
+        let options = fields.nth(1).unwrap_or_default();
+        for opt in options.split(',') {
+            if V1_CONTROLLERS.contains(&opt) {
+                controllers.push(opt.to_string());
+            }
+        }
+    }
+    controllers.sort();
+    controllers.dedup();
+    controllers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v2_controllers() {
+        assert_eq!(
+            parse_v2_controllers("cpuset cpu io memory hugetlb pids rdma misc\n"),
+            vec![
+                "cpu", "cpuset", "hugetlb", "io", "memory", "misc", "pids", "rdma"
+            ]
+        );
+        assert!(parse_v2_controllers("\n").is_empty());
+    }
+
+    #[test]
+    fn v1_controllers_from_mountinfo() {
+        let mi = "\
+30 25 0:26 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw,nsdelegate
+33 30 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+34 30 0:30 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+35 30 0:31 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd
+";
+        assert_eq!(parse_v1_controllers(mi), vec!["cpu", "cpuacct", "memory"]);
+    }
+}

@@ -1,0 +1,160 @@
+//! `crius daemon`: takes the locks, opens the store, serves CRI on the unix socket and shuts
+//! down cleanly on SIGTERM/SIGINT.
+
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::cgroups;
+use crate::config::Config;
+use crate::context::Context;
+use crate::lockfile::{LockError, LockFile};
+use crate::server;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("serving CRI on {socket}: {source}")]
+    Serve {
+        socket: PathBuf,
+        source: tonic::transport::Error,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let context = context.into();
+    move |source| DaemonError::Io { context, source }
+}
+
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let socket = config.socket_path();
+    create_private_dir(&config.root)?;
+    create_private_dir(&config.state)?;
+    let _root_lock = LockFile::acquire(
+        &config.root.join("crius.lock"),
+        &format!("root {}", config.root.display()),
+    )?;
+    let _socket_lock = LockFile::acquire(
+        &PathBuf::from(format!("{}.lock", socket.display())),
+        &format!("socket {}", socket.display()),
+    )?;
+
+    let store = Store::open(&config.db_path())?;
+    let cgroups = cgroups::detect().map_err(io_err("reading the cgroup layout"))?;
+    tracing::info!(
+        version = ?cgroups.version,
+        controllers = %cgroups.controllers.join(","),
+        "cgroups detected"
+    );
+    let shutdown_timeout = config.shutdown_timeout();
+    let ctx = Arc::new(Context {
+        config,
+        store,
+        cgroups,
+    });
+
+    let listener = bind_socket(&socket)?;
+    tracing::info!(
+        socket = %socket.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "crius is serving CRI v1"
+    );
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serve = tokio::spawn(server::router(ctx).serve_with_incoming_shutdown(
+        UnixListenerStream::new(listener),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let signal_name = wait_for_stop_signal().await?;
+    tracing::info!(
+        signal = signal_name,
+        "shutting down: no new RPCs, waiting for in-flight ones"
+    );
+    let _ = stop.send(());
+    match tokio::time::timeout(shutdown_timeout, serve).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(source))) => {
+            remove_socket(&socket);
+            return Err(DaemonError::Serve { socket, source });
+        }
+        Ok(Err(join_error)) => tracing::error!(error = %join_error, "server task failed"),
+        Err(_) => tracing::warn!(
+            timeout_secs = shutdown_timeout.as_secs(),
+            "in-flight RPCs did not finish in time; exiting anyway"
+        ),
+    }
+    remove_socket(&socket);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Root and state dirs: created with their parents, not readable by other users.
+fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(dir)
+        .map_err(io_err(format!("creating {}", dir.display())))
+}
+
+/// Binds the CRI socket (mode 0660). We hold the socket's lock, so a socket file already there
+/// was left by a daemon that died: it is replaced. Anything else at that path is refused.
+fn bind_socket(socket: &Path) -> Result<UnixListener, DaemonError> {
+    if let Some(dir) = socket.parent() {
+        create_private_dir(dir)?;
+    }
+    match std::fs::symlink_metadata(socket) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            tracing::info!(socket = %socket.display(), "replacing a stale socket");
+            std::fs::remove_file(socket).map_err(io_err(format!(
+                "removing stale socket {}",
+                socket.display()
+            )))?;
+        }
+        Ok(_) => {
+            return Err(DaemonError::Io {
+                context: format!("binding {}", socket.display()),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "the path exists and is not a socket",
+                ),
+            });
+        }
+        Err(_) => {}
+    }
+    let listener =
+        UnixListener::bind(socket).map_err(io_err(format!("binding {}", socket.display())))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
+        .map_err(io_err(format!("setting the mode of {}", socket.display())))?;
+    Ok(listener)
+}
+
+fn remove_socket(socket: &Path) {
+    if let Err(e) = std::fs::remove_file(socket) {
+        tracing::warn!(socket = %socket.display(), error = %e, "cannot remove the socket");
+    }
+}
+
+async fn wait_for_stop_signal() -> Result<&'static str, DaemonError> {
+    let mut term = signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM handler"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io_err("installing SIGINT handler"))?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}

@@ -1,0 +1,13 @@
+//! crius: a Kubernetes container runtime serving CRI v1 on a unix socket.
+
+pub mod cgroups;
+pub mod check;
+pub mod config;
+pub mod context;
+pub mod daemon;
+pub mod error;
+pub mod lockfile;
+pub mod logging;
+pub mod network;
+pub mod server;
+pub mod store;

@@ -1,0 +1,110 @@
+//! The `crius` command: `crius daemon` serves CRI; `crius check` checks the host.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crius::config::{self, Config, LogFormat, LogLevel, Overrides};
+
+#[derive(Parser)]
+#[command(
+    name = "crius",
+    version,
+    about = "A Kubernetes container runtime (CRI v1)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the CRI RuntimeService and ImageService on a unix socket.
+    Daemon(ConfigArgs),
+    /// Check that this host has what the runtime needs.
+    Check(ConfigArgs),
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// Config file (TOML). A missing file at the default path means all defaults.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Persistent state directory [default: /var/lib/crius]
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Runtime state directory [default: /run/crius]
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// CRI socket: PATH or unix://PATH [default: <state>/crius.sock]
+    #[arg(long, value_name = "PATH")]
+    listen: Option<String>,
+    #[arg(long, value_enum)]
+    log_level: Option<LogLevel>,
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+impl ConfigArgs {
+    /// Loads the effective configuration; exits with status 2 when it is not valid.
+    fn load(&self) -> Result<Config, ExitCode> {
+        let overrides = Overrides {
+            root: self.root.clone(),
+            state: self.state.clone(),
+            listen: self.listen.clone(),
+            log_level: self.log_level,
+            log_format: self.log_format,
+        };
+        let path = self
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
+        Config::load(&path, self.config.is_some(), &overrides).map_err(|e| {
+            eprintln!("crius: {e}");
+            ExitCode::from(2)
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Daemon(args) => {
+            let config = match args.load() {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            crius::logging::init(config.log_level, config.log_format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("crius")
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("crius: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(crius::daemon::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "crius daemon failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check(args) => {
+            let config = match args.load() {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if crius::check::report(&crius::check::run(&config)) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

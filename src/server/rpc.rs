@@ -1,0 +1,86 @@
+//! One tracing span per RPC: the method, the ids it concerns, how long it took and the status
+//! code it ended with. Every handler runs through [`handle`].
+
+use std::future::Future;
+use std::time::Instant;
+
+use tonic::{Code, Response, Status};
+use tracing::Instrument;
+
+use crate::error::Error;
+
+/// The objects an RPC concerns, as far as its request names them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ids<'a> {
+    pub pod: Option<&'a str>,
+    pub container: Option<&'a str>,
+    pub image: Option<&'a str>,
+}
+
+impl<'a> Ids<'a> {
+    pub fn none() -> Self {
+        Ids::default()
+    }
+    pub fn pod(id: &'a str) -> Self {
+        Ids {
+            pod: Some(id),
+            ..Default::default()
+        }
+    }
+    pub fn container(id: &'a str) -> Self {
+        Ids {
+            container: Some(id),
+            ..Default::default()
+        }
+    }
+    pub fn image(id: &'a str) -> Self {
+        Ids {
+            image: Some(id),
+            ..Default::default()
+        }
+    }
+}
+
+/// Runs an RPC body inside its span and logs its outcome once: successes at debug (kubelet polls
+/// constantly), caller errors at info, server-side failures at error.
+pub async fn handle<T, F>(
+    method: &'static str,
+    ids: Ids<'_>,
+    body: F,
+) -> Result<Response<T>, Status>
+where
+    F: Future<Output = Result<T, Error>>,
+{
+    let span = tracing::info_span!(
+        "rpc",
+        method,
+        pod_id = ids.pod.filter(|s| !s.is_empty()),
+        container_id = ids.container.filter(|s| !s.is_empty()),
+        image = ids.image.filter(|s| !s.is_empty()),
+    );
+    async move {
+        let started = Instant::now();
+        let result = body.await.map_err(Status::from);
+        let duration_us = started.elapsed().as_micros() as u64;
+        match &result {
+            Ok(_) => tracing::debug!(code = ?Code::Ok, duration_us, "rpc done"),
+            Err(status) => match status.code() {
+                Code::Internal | Code::Unknown | Code::DataLoss | Code::Unavailable => {
+                    tracing::error!(code = ?status.code(), duration_us, error = status.message(), "rpc failed")
+                }
+                code => tracing::info!(?code, duration_us, error = status.message(), "rpc failed"),
+            },
+        }
+        result.map(Response::new)
+    }
+    .instrument(span)
+    .await
+}
+
+/// The answer of an RPC that a later part of crius builds.
+pub async fn unimplemented<T>(method: &'static str) -> Result<Response<T>, Status> {
+    handle(method, Ids::none(), async move {
+        Err(Error::Unimplemented { method })
+    })
+    .await
+}

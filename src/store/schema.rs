@@ -1,0 +1,39 @@
+//! The database schema, versioned through SQLite's `user_version`.
+//!
+//! `MIGRATIONS[n]` takes a database from version `n` to `n + 1`. Never edit a migration that has
+//! shipped: append a new one. Opening a database written by a newer crius is refused.
+
+/// Each entry upgrades the schema by one version.
+pub const MIGRATIONS: &[&str] = &[
+    // v1: runtime settings and the records of sandboxes, containers and images. Records are JSON
+    // documents owned by their modules; the columns beside them are what lookups and foreign keys
+    // need.
+    "
+    CREATE TABLE settings (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE sandboxes (
+        id     TEXT PRIMARY KEY,
+        record TEXT NOT NULL
+    );
+    CREATE TABLE containers (
+        id         TEXT PRIMARY KEY,
+        sandbox_id TEXT NOT NULL REFERENCES sandboxes(id),
+        record     TEXT NOT NULL
+    );
+    CREATE INDEX containers_by_sandbox ON containers(sandbox_id);
+    CREATE TABLE images (
+        id     TEXT PRIMARY KEY,
+        record TEXT NOT NULL
+    );
+    CREATE TABLE image_refs (
+        reference TEXT PRIMARY KEY,
+        image_id  TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE
+    );
+    CREATE INDEX image_refs_by_image ON image_refs(image_id);
+    ",
+];
+
+/// The version a fully migrated database has.
+pub const CURRENT_VERSION: u32 = MIGRATIONS.len() as u32;
