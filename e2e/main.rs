@@ -1,6 +1,8 @@
 //! End-to-end tests: the real daemon, driven over its CRI socket. Run as root.
 
 mod harness;
+mod registry;
 
 mod daemon_lifecycle;
+mod images;
 mod runtime_info;

@@ -8,8 +8,10 @@ packages=(
     gcc libc6-dev pkg-config   # bundled SQLite and other C parts of crates
     containernetworking-plugins # bridge, host-local, loopback, portmap (in /usr/lib/cni)
     iproute2 iptables          # pod networking and port mappings
-    docker-registry            # the local registry the image tests push to
-    busybox                    # test images are built from it
+    docker-registry            # the local registries the image tests push to
+    apache2-utils              # htpasswd, for the registry with basic auth
+    busybox-static             # test images are built from it
+    zstd attr                  # zstd layers; getfattr to check unpacked xattrs
     sqlite3 ca-certificates curl python3
 )
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine (as root): installs what it needs, checks
-# formatting and lints, then runs the unit tests and the end-to-end tests, which start real crius
-# daemons on temporary roots and sockets and drive them over CRI.
+# formatting and lints, starts the test registries and pushes the test images, then runs the
+# unit tests and the end-to-end tests, which start real crius daemons on temporary roots and
+# sockets and drive them over CRI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,5 +13,15 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
+echo "== cargo build"
+cargo build --locked --all-targets
+
+# Test registries (plain and with basic auth) on free loopback ports, and the test images,
+# built from busybox-static and pushed; both go when the suite ends.
+work=$(mktemp -d /tmp/crius-test-registry.XXXXXX)
+trap 'python3 hack/test-registry.py stop "$work"; rm -rf "$work"' EXIT
+python3 hack/test-registry.py start "$work"
+. "$work/env"
+
 echo "== cargo test (unit + e2e)"
 cargo test --locked --all-targets

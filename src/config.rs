@@ -117,11 +117,28 @@ pub struct StreamingConfig {
     pub address: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
     /// Registry host → endpoints tried in order (`http://` = plain HTTP, `https://` = TLS).
     pub mirrors: BTreeMap<String, Vec<String>>,
+    /// A docker config.json whose `auths` serve registries the pull request has no credentials for.
+    pub auth_file: Option<PathBuf>,
+    /// Layers downloaded at once, over all pulls.
+    pub max_concurrent_downloads: usize,
+    /// A download that receives nothing for this long fails instead of hanging.
+    pub stall_timeout_secs: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            mirrors: BTreeMap::new(),
+            auth_file: None,
+            max_concurrent_downloads: 3,
+            stall_timeout_secs: 60,
+        }
+    }
 }
 
 impl Default for Config {
@@ -242,6 +259,23 @@ impl Config {
             ));
         }
         validate_streaming_address(&self.streaming.address)?;
+        if let Some(path) = &self.registry.auth_file {
+            require_absolute("registry.auth_file", path)?;
+        }
+        if !(1..=64).contains(&self.registry.max_concurrent_downloads) {
+            return Err(ConfigError::invalid(
+                "registry.max_concurrent_downloads",
+                self.registry.max_concurrent_downloads.to_string(),
+                "must be between 1 and 64",
+            ));
+        }
+        if !(1..=3600).contains(&self.registry.stall_timeout_secs) {
+            return Err(ConfigError::invalid(
+                "registry.stall_timeout_secs",
+                self.registry.stall_timeout_secs.to_string(),
+                "must be between 1 and 3600",
+            ));
+        }
         for (host, endpoints) in &self.registry.mirrors {
             let key = format!("registry.mirrors.{host:?}");
             validate_registry_host(&key, host)?;

@@ -1,12 +1,16 @@
-//! What every RPC handler shares: the effective configuration and the metadata store.
+//! What every RPC handler shares: the effective configuration, the store and the image store.
+
+use std::sync::Arc;
 
 use crate::cgroups::CgroupLayout;
 use crate::config::Config;
+use crate::image::Images;
 use crate::store::Store;
 
 pub struct Context {
     pub config: Config,
-    pub store: Store,
+    pub store: Arc<Store>,
+    pub images: Arc<Images>,
     /// Detected once at start: the hierarchy cannot change under a running daemon.
     pub cgroups: CgroupLayout,
 }

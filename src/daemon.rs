@@ -12,6 +12,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::cgroups;
 use crate::config::Config;
 use crate::context::Context;
+use crate::image::Images;
 use crate::lockfile::{LockError, LockFile};
 use crate::server;
 use crate::store::{Store, StoreError};
@@ -22,6 +23,8 @@ pub enum DaemonError {
     Lock(#[from] LockError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("image store: {0}")]
+    Images(crate::error::Error),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -52,7 +55,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         &format!("socket {}", socket.display()),
     )?;
 
-    let store = Store::open(&config.db_path())?;
+    let store = Arc::new(Store::open(&config.db_path())?);
+    let images = Images::open(&config.root, store.clone(), config.registry.clone())
+        .await
+        .map_err(DaemonError::Images)?;
     let cgroups = cgroups::detect().map_err(io_err("reading the cgroup layout"))?;
     tracing::info!(
         version = ?cgroups.version,
@@ -63,6 +69,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let ctx = Arc::new(Context {
         config,
         store,
+        images,
         cgroups,
     });
 

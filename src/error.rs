@@ -15,6 +15,15 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{method} is not implemented by crius yet")]
     Unimplemented { method: &'static str },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Content that does not match its digest or size.
+    #[error("{0}")]
+    DataLoss(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{context}: {source}")]

@@ -6,6 +6,7 @@ pub mod config;
 pub mod context;
 pub mod daemon;
 pub mod error;
+pub mod image;
 pub mod lockfile;
 pub mod logging;
 pub mod network;

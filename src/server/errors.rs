@@ -12,6 +12,10 @@ impl From<Error> for Status {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unimplemented { .. } => Code::Unimplemented,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::DataLoss(_) => Code::DataLoss,
             Error::Store(_) | Error::Io { .. } | Error::Internal(_) => Code::Internal,
         };
         Status::new(code, err.to_string())

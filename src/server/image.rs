@@ -1,15 +1,19 @@
-//! The CRI ImageService.
+//! The CRI ImageService: translation between CRI messages and the image store.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_cri::v1 as cri;
 use tonic::{Request, Response, Status};
 
 use crate::context::Context;
-use crate::server::rpc;
+use crate::error::{Error, Result};
+use crate::image::ImageInfo;
+use crate::image::auth::Credentials;
+use crate::server::rpc::{self, Ids};
 
 pub struct ImageApi {
-    #[allow(dead_code)] // used by the image RPCs as they are built
     ctx: Arc<Context>,
 }
 
@@ -19,40 +23,182 @@ impl ImageApi {
     }
 }
 
+fn image_name(spec: &Option<cri::ImageSpec>) -> &str {
+    spec.as_ref().map_or("", |s| s.image.as_str())
+}
+
+fn require_name(spec: &Option<cri::ImageSpec>) -> Result<&str> {
+    match image_name(spec) {
+        "" => Err(Error::invalid("image.image", "no image name given")),
+        name => Ok(name),
+    }
+}
+
+/// The user an image runs as: a numeric uid, or a name (resolved when the container starts).
+fn image_user(user: &str) -> (Option<cri::Int64Value>, String) {
+    let user = user.split(':').next().unwrap_or_default();
+    if user.is_empty() {
+        return (Some(cri::Int64Value { value: 0 }), String::new());
+    }
+    match user.parse::<i64>() {
+        Ok(uid) => (Some(cri::Int64Value { value: uid }), String::new()),
+        Err(_) => (None, user.to_string()),
+    }
+}
+
+fn to_cri(info: &ImageInfo) -> cri::Image {
+    let (uid, username) = image_user(&info.record.config.config.user);
+    let id = info.record.id.to_string();
+    cri::Image {
+        id: id.clone(),
+        repo_tags: info.repo_tags.clone(),
+        repo_digests: info.repo_digests.clone(),
+        size: info.record.size,
+        uid,
+        username,
+        spec: Some(cri::ImageSpec {
+            image: id,
+            ..Default::default()
+        }),
+        pinned: info.record.pinned,
+    }
+}
+
+impl ImageApi {
+    fn list(&self, req: cri::ListImagesRequest) -> Result<cri::ListImagesResponse> {
+        let wanted = req
+            .filter
+            .and_then(|f| f.image)
+            .map(|s| s.image)
+            .unwrap_or_default();
+        let images = if wanted.is_empty() {
+            self.ctx.images.list()?
+        } else {
+            self.ctx.images.lookup(&wanted)?.into_iter().collect()
+        };
+        Ok(cri::ListImagesResponse {
+            images: images.iter().map(to_cri).collect(),
+        })
+    }
+
+    fn status(&self, req: cri::ImageStatusRequest) -> Result<cri::ImageStatusResponse> {
+        let name = require_name(&req.image)?;
+        // Unknown image: an empty answer, not an error, as kubelet expects.
+        let Some(info) = self.ctx.images.lookup(name)? else {
+            return Ok(cri::ImageStatusResponse::default());
+        };
+        let mut extra = HashMap::new();
+        if req.verbose {
+            let details = serde_json::json!({
+                "imageSpec": self.ctx.images.config_json(&info.record.id)?,
+                "manifest": info.record.manifest.to_string(),
+                "index": info.record.index.as_ref().map(|d| d.to_string()),
+                "chainIDs": info.record.chain_ids.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            });
+            extra.insert("info".to_string(), details.to_string());
+        }
+        Ok(cri::ImageStatusResponse {
+            image: Some(to_cri(&info)),
+            info: extra,
+        })
+    }
+
+    async fn pull(&self, req: cri::PullImageRequest) -> Result<cri::PullImageResponse> {
+        let name = require_name(&req.image)?;
+        let credentials = match &req.auth {
+            Some(auth) => {
+                Credentials::from_cri(auth).map_err(|reason| Error::invalid("auth", reason))?
+            }
+            None => None,
+        };
+        let id = self.ctx.images.pull(name, credentials).await?;
+        Ok(cri::PullImageResponse {
+            image_ref: id.to_string(),
+        })
+    }
+
+    async fn remove(&self, req: cri::RemoveImageRequest) -> Result<cri::RemoveImageResponse> {
+        let name = require_name(&req.image)?;
+        self.ctx.images.remove(name).await?;
+        Ok(cri::RemoveImageResponse {})
+    }
+
+    fn fs_info(&self) -> Result<cri::ImageFsInfoResponse> {
+        let (used_bytes, inodes_used) = self.ctx.images.usage()?;
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or_default();
+        Ok(cri::ImageFsInfoResponse {
+            image_filesystems: vec![cri::FilesystemUsage {
+                timestamp,
+                fs_id: Some(cri::FilesystemIdentifier {
+                    mountpoint: self.ctx.images.snapshots_dir().display().to_string(),
+                }),
+                used_bytes: Some(cri::UInt64Value { value: used_bytes }),
+                inodes_used: Some(cri::UInt64Value { value: inodes_used }),
+            }],
+            container_filesystems: vec![],
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl cri::image_service_server::ImageService for ImageApi {
     async fn list_images(
         &self,
-        _request: Request<cri::ListImagesRequest>,
-    ) -> Result<Response<cri::ListImagesResponse>, Status> {
-        rpc::unimplemented("ListImages").await
+        request: Request<cri::ListImagesRequest>,
+    ) -> std::result::Result<Response<cri::ListImagesResponse>, Status> {
+        let req = request.into_inner();
+        rpc::handle("ListImages", Ids::none(), async { self.list(req) }).await
     }
 
     async fn image_status(
         &self,
-        _request: Request<cri::ImageStatusRequest>,
-    ) -> Result<Response<cri::ImageStatusResponse>, Status> {
-        rpc::unimplemented("ImageStatus").await
+        request: Request<cri::ImageStatusRequest>,
+    ) -> std::result::Result<Response<cri::ImageStatusResponse>, Status> {
+        let req = request.into_inner();
+        let name = image_name(&req.image).to_string();
+        rpc::handle("ImageStatus", Ids::image(&name), async { self.status(req) }).await
     }
 
     async fn pull_image(
         &self,
-        _request: Request<cri::PullImageRequest>,
-    ) -> Result<Response<cri::PullImageResponse>, Status> {
-        rpc::unimplemented("PullImage").await
+        request: Request<cri::PullImageRequest>,
+    ) -> std::result::Result<Response<cri::PullImageResponse>, Status> {
+        let req = request.into_inner();
+        let name = image_name(&req.image).to_string();
+        rpc::handle("PullImage", Ids::image(&name), self.pull(req)).await
     }
 
     async fn remove_image(
         &self,
-        _request: Request<cri::RemoveImageRequest>,
-    ) -> Result<Response<cri::RemoveImageResponse>, Status> {
-        rpc::unimplemented("RemoveImage").await
+        request: Request<cri::RemoveImageRequest>,
+    ) -> std::result::Result<Response<cri::RemoveImageResponse>, Status> {
+        let req = request.into_inner();
+        let name = image_name(&req.image).to_string();
+        rpc::handle("RemoveImage", Ids::image(&name), self.remove(req)).await
     }
 
     async fn image_fs_info(
         &self,
         _request: Request<cri::ImageFsInfoRequest>,
-    ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
-        rpc::unimplemented("ImageFsInfo").await
+    ) -> std::result::Result<Response<cri::ImageFsInfoResponse>, Status> {
+        rpc::handle("ImageFsInfo", Ids::none(), async { self.fs_info() }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::image_user;
+
+    #[test]
+    fn image_users_as_critest_expects() {
+        assert_eq!(image_user("1002").0.unwrap().value, 1002);
+        assert_eq!(image_user("1003:1004").0.unwrap().value, 1003);
+        let (uid, name) = image_user("www-data:1004");
+        assert!(uid.is_none());
+        assert_eq!(name, "www-data");
+        assert_eq!(image_user("").0.unwrap().value, 0);
     }
 }

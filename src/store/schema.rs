@@ -33,6 +33,25 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX image_refs_by_image ON image_refs(image_id);
     ",
+    // v2: the image store. Unpacked layers (snapshots) by chain id, in directories
+    // snapshots/<num>; `ready` is 0 while one is being unpacked (such rows are removed on start).
+    // Blobs kept in content/ (manifests, indexes, configs).
+    "
+    CREATE TABLE snapshots (
+        chain_id TEXT PRIMARY KEY,
+        num      INTEGER NOT NULL UNIQUE,
+        parent   TEXT,
+        diff_id  TEXT NOT NULL,
+        size     INTEGER NOT NULL DEFAULT 0,
+        inodes   INTEGER NOT NULL DEFAULT 0,
+        ready    INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE blobs (
+        digest     TEXT PRIMARY KEY,
+        size       INTEGER NOT NULL,
+        media_type TEXT NOT NULL
+    );
+    ",
 ];
 
 /// The version a fully migrated database has.
