@@ -163,13 +163,6 @@ async fn rpcs_not_built_yet_answer_unimplemented_with_their_name() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(err.message().contains("GetContainerEvents"));
-    let mut img = daemon.image().await.unwrap();
-    let err = img
-        .image_fs_info(cri::ImageFsInfoRequest {})
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("ImageFsInfo"), "{}", err.message());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

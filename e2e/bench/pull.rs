@@ -1,0 +1,161 @@
+//! Pull benchmark: a ~200 MB multi-layer image from the local test registry, pulled through the
+//! CRI by crius and by containerd 1.6 (Debian's package, its own root and socket), each from a
+//! cold store, alternating, several runs. Prints the median of each and the ratio.
+//!
+//! Run with `bash hack/bench.sh` (it starts the registry, pushes the image and installs
+//! containerd). Not a timed test: it measures and reports, it does not assert.
+
+#[path = "../harness.rs"]
+#[allow(dead_code)]
+mod harness;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+
+use harness::{Daemon, TestDir};
+
+const RUNS: usize = 5;
+
+fn bench_image() -> (String, String) {
+    let path = std::env::var("CRIUS_TEST_IMAGES").expect("run through hack/bench.sh");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let bench = &meta["images"]["bench"];
+    (
+        bench["ref"]
+            .as_str()
+            .expect("bench image pushed")
+            .to_string(),
+        meta["registry"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn timed_pull(socket: &Path, image: &str) -> Duration {
+    let channel = harness::connect(socket).await.unwrap();
+    let mut client = cri::image_service_client::ImageServiceClient::new(channel);
+    let started = Instant::now();
+    client
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull");
+    started.elapsed()
+}
+
+struct Containerd {
+    child: Child,
+    dir: TestDir,
+}
+
+impl Containerd {
+    async fn start(registry: &str) -> Containerd {
+        let dir = TestDir::new();
+        let config = dir.path().join("containerd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = {root:?}\nstate = {state:?}\n\
+                 [grpc]\n  address = {sock:?}\n\
+                 [ttrpc]\n  address = {ttrpc:?}\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{registry}\"]\n  endpoint = [\"http://{registry}\"]\n",
+                root = dir.root(),
+                state = dir.state(),
+                sock = dir.path().join("containerd.sock"),
+                ttrpc = dir.path().join("containerd.sock.ttrpc"),
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("containerd (apt-get install containerd)");
+        let socket = dir.path().join("containerd.sock");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if socket.exists() && harness::connect(&socket).await.is_ok() {
+                let channel = harness::connect(&socket).await.unwrap();
+                let ok = cri::runtime_service_client::RuntimeServiceClient::new(channel)
+                    .version(cri::VersionRequest::default())
+                    .await
+                    .is_ok();
+                if ok {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "containerd did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Containerd { child, dir }
+    }
+
+    fn socket(&self) -> std::path::PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        // Its overlay snapshots may still be mounted under the root.
+        let root = self.dir.root().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mounts.lines().rev() {
+            if let Some(point) = line.split_whitespace().nth(4)
+                && point.starts_with(&root)
+            {
+                let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3}s", d.as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() {
+    let (image, registry) = bench_image();
+    let mut crius_times = Vec::new();
+    let mut containerd_times = Vec::new();
+    for run in 0..RUNS {
+        let crius = Daemon::start("").await;
+        let t = timed_pull(&crius.socket(), &image).await;
+        drop(crius);
+        crius_times.push(t);
+
+        let containerd = Containerd::start(&registry).await;
+        let c = timed_pull(&containerd.socket(), &image).await;
+        drop(containerd);
+        containerd_times.push(c);
+        println!("run {}: crius {} containerd {}", run + 1, secs(t), secs(c));
+    }
+    let (a, b) = (median(crius_times), median(containerd_times));
+    println!(
+        "pull {image}: median of {RUNS} cold pulls: crius {}, containerd 1.6 {}; containerd/crius = {:.2}x",
+        secs(a),
+        secs(b),
+        b.as_secs_f64() / a.as_secs_f64()
+    );
+}

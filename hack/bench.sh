@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Benchmarks (not tests): crius next to Debian's containerd 1.6, on this machine, in one run.
+#   pull: a ~200 MB, 4-layer image from a local registry, cold, median of 5 pulls each.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash hack/install-deps.sh
+if ! command -v containerd >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containerd runc >/dev/null
+fi
+command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
+
+work=$(mktemp -d /tmp/crius-bench.XXXXXX)
+trap 'python3 hack/test-registry.py stop "$work"; rm -rf "$work"' EXIT
+python3 hack/test-registry.py bench "$work"
+. "$work/env"
+cargo bench --locked --bench pull
