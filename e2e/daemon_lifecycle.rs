@@ -10,6 +10,7 @@ use k8s_cri::v1 as cri;
 use nix::sys::signal::Signal;
 
 use crate::harness::{Daemon, TestDir, pod_cidr_request, run_crius};
+use crate::registry::{StallingProxy, TestRegistry};
 
 fn daemon_with(config: &std::path::Path) -> (std::process::ExitStatus, String) {
     let (status, _, err) = run_crius(&["daemon", "--config", config.to_str().unwrap()]);
@@ -95,23 +96,48 @@ async fn socket_is_0660_and_sigterm_removes_it() {
     assert!(!daemon.socket().exists());
 }
 
+/// SIGTERM lets an RPC in progress finish (here a pull that ends when its stalled download times
+/// out), and bounds the wait by shutdown_timeout_secs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_waits_for_an_in_flight_rpc() {
-    let mut daemon = Daemon::start("").await;
-    let mut rt = daemon.runtime().await.unwrap();
-    // Many RPCs in flight at once when the signal lands: each either completes or was never
-    // accepted; none is cut off half-way with an internal error.
-    let calls: Vec<_> = (0..50)
-        .map(|_| {
-            let mut rt = rt.clone();
-            tokio::spawn(async move { rt.status(cri::StatusRequest { verbose: true }).await })
-        })
-        .collect();
-    rt.version(cri::VersionRequest::default()).await.unwrap();
-    daemon.stop();
-    for call in calls {
-        if let Err(status) = call.await.unwrap() {
-            assert_ne!(status.code(), tonic::Code::Internal, "{status:?}");
+async fn sigterm_waits_for_in_flight_rpcs_within_a_bound() {
+    let reg = TestRegistry::get();
+    let proxy = StallingProxy::start(&reg.registry).await;
+    let image = format!("{}/crius-test/busybox:latest", proxy.addr);
+    for (config, expect_answer) in [
+        // The pull ends (UNAVAILABLE after 2 s without progress) before the 5 s bound.
+        ("[registry]\nstall_timeout_secs = 2\n", true),
+        // The pull would hang for a minute: the daemon exits at the bound anyway.
+        (
+            "shutdown_timeout_secs = 1\n[registry]\nstall_timeout_secs = 60\n",
+            false,
+        ),
+    ] {
+        let mut daemon = Daemon::start(config).await;
+        let socket = daemon.socket();
+        let image = image.clone();
+        let pulling = tokio::spawn(async move {
+            let channel = crate::harness::connect(&socket).await.unwrap();
+            cri::image_service_client::ImageServiceClient::new(channel)
+                .pull_image(cri::PullImageRequest {
+                    image: Some(cri::ImageSpec {
+                        image,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = std::time::Instant::now();
+        daemon.stop();
+        let waited = started.elapsed();
+        let answer = pulling.await.unwrap();
+        if expect_answer {
+            let status = answer.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+            assert!(status.message().contains("no progress"), "{status:?}");
+        } else {
+            assert!(waited < Duration::from_secs(4), "waited {waited:?}");
         }
     }
 }

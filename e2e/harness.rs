@@ -60,8 +60,14 @@ impl TestDir {
     /// Writes a config file pointing everything into this dir, plus `extra` TOML.
     pub fn write_config(&self, name: &str, extra: &str) -> PathBuf {
         let path = self.path().join(name);
+        // Tests wait at most 5 s for a stop unless they set their own bound.
+        let shutdown = if extra.contains("shutdown_timeout_secs") {
+            ""
+        } else {
+            "shutdown_timeout_secs = 5\n"
+        };
         let text = format!(
-            "root = {root:?}\nstate = {state:?}\nlisten = {sock:?}\nshutdown_timeout_secs = 5\n{extra}\n\
+            "root = {root:?}\nstate = {state:?}\nlisten = {sock:?}\n{shutdown}{extra}\n\
              [cni]\nconf_dir = {conf:?}\nbin_dirs = [{bin:?}]\n",
             root = self.root(),
             state = self.state(),

@@ -669,3 +669,53 @@ async fn kill_9_during_a_pull_leaves_no_image_and_no_partial_files() {
     wait_for_store(&daemon, 0, 0).await;
     assert_eq!(entries(&daemon.dir.root().join("content/ingest")), 0);
 }
+
+/// The bearer-token flow most public registries use: challenge, token endpoint with basic
+/// credentials (GET) or an identity token (POST), then the token on every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_challenge_is_answered() {
+    use crate::registry::{BEARER_TOKEN, BearerFront, REFRESH_TOKEN};
+    let reg = TestRegistry::get();
+    let bb = reg.image("busybox");
+    let front = BearerFront::start(&reg.registry, "alice", "s3cret").await;
+    let daemon = Daemon::start("").await;
+    let name = format!("{}/crius-test/busybox:latest", front.addr);
+
+    let err = pull(&daemon, &name).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+
+    let basic = cri::AuthConfig {
+        username: "alice".into(),
+        password: "s3cret".into(),
+        ..Default::default()
+    };
+    assert_eq!(pull_with(&daemon, &name, Some(basic)).await.unwrap(), bb.id);
+    remove(&daemon, &bb.id).await.unwrap();
+
+    let identity = cri::AuthConfig {
+        identity_token: REFRESH_TOKEN.into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        pull_with(&daemon, &name, Some(identity)).await.unwrap(),
+        bb.id
+    );
+    remove(&daemon, &bb.id).await.unwrap();
+
+    let registry_token = cri::AuthConfig {
+        registry_token: BEARER_TOKEN.into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        pull_with(&daemon, &name, Some(registry_token))
+            .await
+            .unwrap(),
+        bb.id
+    );
+    remove(&daemon, &bb.id).await.unwrap();
+    let log = daemon.dir.log();
+    for secret in ["s3cret", REFRESH_TOKEN, BEARER_TOKEN] {
+        assert!(!log.contains(secret), "{secret} reached the log");
+    }
+    wait_for_store(&daemon, 0, 0).await;
+}

@@ -139,3 +139,146 @@ impl Drop for StallingProxy {
         self.task.abort();
     }
 }
+
+/// A registry front that wants a bearer token, as Docker Hub and most cloud registries do: a
+/// request without `Authorization: Bearer <token>` gets 401 with a Bearer challenge naming its
+/// token endpoint; `GET /token` answers the token for the right basic credentials, `POST /token`
+/// for the right refresh token (an identity token). Authorized requests go to the real registry.
+pub struct BearerFront {
+    pub addr: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub const BEARER_TOKEN: &str = "crius-bearer-token";
+pub const REFRESH_TOKEN: &str = "crius-refresh-token";
+
+impl BearerFront {
+    pub async fn start(upstream: &str, user: &str, password: &str) -> BearerFront {
+        use base64::Engine;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let upstream = upstream.to_string();
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        let realm = format!("http://{addr}/token");
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let (upstream, basic, realm) = (upstream.clone(), basic.clone(), realm.clone());
+                tokio::spawn(async move {
+                    let Some((method, path, headers, body)) = read_request(&mut conn).await else {
+                        return;
+                    };
+                    let header = |name: &str| {
+                        headers
+                            .iter()
+                            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                            .map(|(_, v)| v.clone())
+                            .unwrap_or_default()
+                    };
+                    let (status, content_type, payload) = if path.starts_with("/token") {
+                        let ok = if method == "POST" {
+                            body.contains(&format!("refresh_token={REFRESH_TOKEN}"))
+                                && body.contains("grant_type=refresh_token")
+                        } else {
+                            header("authorization") == basic
+                        };
+                        if ok && (path.contains("scope=repository") || body.contains("scope=")) {
+                            (
+                                200,
+                                "application/json".to_string(),
+                                format!(r#"{{"token":"{BEARER_TOKEN}"}}"#).into_bytes(),
+                            )
+                        } else {
+                            (401, "application/json".to_string(), br#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#.to_vec())
+                        }
+                    } else if header("authorization") != format!("Bearer {BEARER_TOKEN}") {
+                        let challenge = format!(
+                            "Bearer realm=\"{realm}\",service=\"crius-test\",scope=\"repository:crius-test/busybox:pull\""
+                        );
+                        let body = br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
+                        let head = format!(
+                            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: {challenge}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = conn.write_all(head.as_bytes()).await;
+                        let _ = conn.write_all(body).await;
+                        return;
+                    } else {
+                        let mut req =
+                            reqwest::Client::new().get(format!("http://{upstream}{path}"));
+                        let accept = header("accept");
+                        if !accept.is_empty() {
+                            req = req.header("Accept", accept);
+                        }
+                        let Ok(resp) = req.send().await else { return };
+                        let status = resp.status().as_u16();
+                        let content_type = resp
+                            .headers()
+                            .get("content-type")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("application/octet-stream")
+                            .to_string();
+                        (
+                            status,
+                            content_type,
+                            resp.bytes().await.unwrap_or_default().to_vec(),
+                        )
+                    };
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        payload.len()
+                    );
+                    let _ = conn.write_all(head.as_bytes()).await;
+                    let _ = conn.write_all(&payload).await;
+                });
+            }
+        });
+        BearerFront { addr, task }
+    }
+}
+
+impl Drop for BearerFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One HTTP/1.1 request: method, path, headers and body (by Content-Length).
+async fn read_request(
+    conn: &mut tokio::net::TcpStream,
+) -> Option<(String, String, Vec<(String, String)>, String)> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let mut lines = head.lines();
+    let mut first = lines.next()?.split_whitespace();
+    let (method, path) = (first.next()?.to_string(), first.next()?.to_string());
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    conn.read_exact(&mut body).await.ok()?;
+    Some((
+        method,
+        path,
+        headers,
+        String::from_utf8_lossy(&body).to_string(),
+    ))
+}

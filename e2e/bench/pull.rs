@@ -51,7 +51,7 @@ async fn timed_pull(socket: &Path, image: &str) -> Duration {
 }
 
 struct Containerd {
-    child: Child,
+    child: Option<Child>,
     dir: TestDir,
 }
 
@@ -97,22 +97,21 @@ impl Containerd {
             assert!(Instant::now() < deadline, "containerd did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Containerd { child, dir }
+        Containerd {
+            child: Some(child),
+            dir,
+        }
     }
 
-    fn socket(&self) -> std::path::PathBuf {
-        self.dir.path().join("containerd.sock")
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-        // Its overlay snapshots may still be mounted under the root.
+    /// Stops containerd and unmounts what it left mounted; the files stay until drop.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
         let root = self.dir.root().display().to_string();
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for line in mounts.lines().rev() {
@@ -122,6 +121,16 @@ impl Drop for Containerd {
                 let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
             }
         }
+    }
+
+    fn socket(&self) -> std::path::PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -139,17 +148,22 @@ async fn main() {
     let (image, registry) = bench_image();
     let mut crius_times = Vec::new();
     let mut containerd_times = Vec::new();
+    // Stores are deleted only at the end: deleting hundreds of MB between runs makes ext4's
+    // inode allocation slow for the next run (it avoids recently freed inodes), which would
+    // measure the clean-up rather than the pull.
+    let mut stopped = Vec::new();
     for run in 0..RUNS {
-        let crius = Daemon::start("").await;
+        let mut crius = Daemon::start("").await;
         let t = timed_pull(&crius.socket(), &image).await;
-        drop(crius);
+        crius.stop();
         crius_times.push(t);
 
-        let containerd = Containerd::start(&registry).await;
+        let mut containerd = Containerd::start(&registry).await;
         let c = timed_pull(&containerd.socket(), &image).await;
-        drop(containerd);
+        containerd.stop();
         containerd_times.push(c);
         println!("run {}: crius {} containerd {}", run + 1, secs(t), secs(c));
+        stopped.push((crius, containerd));
     }
     let (a, b) = (median(crius_times), median(containerd_times));
     println!(
@@ -158,4 +172,5 @@ async fn main() {
         secs(b),
         b.as_secs_f64() / a.as_secs_f64()
     );
+    drop(stopped);
 }

@@ -1,8 +1,9 @@
 //! Content digests (`sha256:<64 hex>`) and the hashing of streams against them.
+//!
+//! SHA-256 comes from ring: its assembly is about twice as fast as a portable implementation on
+//! CPUs without SHA extensions, and every pulled byte is hashed (compressed and uncompressed).
 
 use std::fmt;
-
-use sha2::{Digest as _, Sha256};
 
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -30,13 +31,9 @@ impl Digest {
     }
 
     pub fn of(bytes: &[u8]) -> Digest {
-        Digest::from_hasher(Sha256::new_with_prefix(bytes))
-    }
-
-    pub fn from_hasher(hasher: Sha256) -> Digest {
-        Digest {
-            hex: hex(&hasher.finalize()),
-        }
+        let mut h = Hasher::new();
+        h.update(bytes);
+        h.finish()
     }
 
     pub fn hex(&self) -> &str {
@@ -49,6 +46,31 @@ impl Digest {
             None => diff_id.clone(),
             Some(p) => Digest::of(format!("{p} {diff_id}").as_bytes()),
         }
+    }
+}
+
+/// SHA-256 of a stream, fed piece by piece.
+pub struct Hasher(ring::digest::Context);
+
+impl Hasher {
+    pub fn new() -> Hasher {
+        Hasher(ring::digest::Context::new(&ring::digest::SHA256))
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    pub fn finish(self) -> Digest {
+        Digest {
+            hex: hex(self.0.finish().as_ref()),
+        }
+    }
+}
+
+impl Default for Hasher {
+    fn default() -> Self {
+        Hasher::new()
     }
 }
 

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use rusqlite::params;
-use sha2::{Digest as _, Sha256};
 
 use super::auth::{self, Credentials};
-use super::digest::Digest;
+use super::digest::{Digest, Hasher};
 use super::manifest::{self, Descriptor, Document, ImageConfig};
 use super::reference::Reference;
 use super::registry::{self, RegistryError, Session};
@@ -459,18 +458,13 @@ impl Images {
             let mut reader = ChannelReader {
                 rx,
                 current: Bytes::new(),
-                hasher: Sha256::new(),
+                hasher: Hasher::new(),
                 count: 0,
             };
             let unpacked = unpack::unpack_layer(&mut reader, &dest);
             // Whatever the unpacker did not need still counts for the digest.
             let drained = io::copy(&mut reader, &mut io::sink());
-            (
-                unpacked,
-                drained,
-                Digest::from_hasher(reader.hasher),
-                reader.count,
-            )
+            (unpacked, drained, reader.hasher.finish(), reader.count)
         });
         let mut received: u64 = 0;
         let mut transfer_error = None;
@@ -535,7 +529,7 @@ fn size_mismatch(digest: &Digest, size: u64, what: &str) -> Error {
 struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<Bytes>,
     current: Bytes,
-    hasher: Sha256,
+    hasher: Hasher,
     count: u64,
 }
 

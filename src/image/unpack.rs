@@ -7,6 +7,7 @@
 //! is ever written outside. Only this function writes into the snapshot while it runs, so the
 //! checks cannot be raced.
 
+use std::collections::HashSet;
 use std::ffi::CString;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
@@ -18,10 +19,9 @@ use nix::fcntl::{AT_FDCWD, AtFlags};
 use nix::sys::stat::{Mode, SFlag, UtimensatFlags, makedev, mknod, utimensat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchownat};
-use sha2::{Digest as _, Sha256};
 use tar::EntryType;
 
-use super::digest::Digest;
+use super::digest::{Digest, Hasher};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
@@ -50,7 +50,7 @@ pub struct Unpacked {
 /// Hashes everything read through it.
 struct HashingReader<R> {
     inner: R,
-    hasher: Sha256,
+    hasher: Hasher,
 }
 
 impl<R: Read> Read for HashingReader<R> {
@@ -78,7 +78,7 @@ fn decompressed<'a, R: Read + 'a>(input: R) -> io::Result<Box<dyn Read + 'a>> {
 pub fn unpack_layer<R: Read>(input: R, dest: &Path) -> Result<Unpacked, UnpackError> {
     let mut reader = HashingReader {
         inner: decompressed(input).map_err(UnpackError::Read)?,
-        hasher: Sha256::new(),
+        hasher: Hasher::new(),
     };
     let mut stats = Unpacked {
         diff_id: Digest::of(b""),
@@ -87,6 +87,9 @@ pub fn unpack_layer<R: Read>(input: R, dest: &Path) -> Result<Unpacked, UnpackEr
     };
     // Directory times are set last: creating their children changes them.
     let mut dir_times: Vec<(PathBuf, u64)> = Vec::new();
+    // Directories this unpack made or checked: their paths need no second look.
+    let mut known_dirs: HashSet<PathBuf> = HashSet::new();
+    let mut copy_buffer = vec![0u8; 256 * 1024];
     {
         let mut archive = tar::Archive::new(&mut reader);
         for entry in archive.entries().map_err(UnpackError::Read)? {
@@ -109,14 +112,14 @@ pub fn unpack_layer<R: Read>(input: R, dest: &Path) -> Result<Unpacked, UnpackEr
                 }
                 continue;
             };
-            let parent = prepare_parent(dest, &rel, &shown)?;
+            let parent = prepare_parent(dest, &rel, &shown, &mut known_dirs)?;
             if name == OPAQUE_MARKER {
                 set_xattr(&parent, "trusted.overlay.opaque", b"y").map_err(err)?;
                 continue;
             }
             if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
                 let target = parent.join(hidden);
-                remove_existing(&target).map_err(err)?;
+                remove_existing(&target, &mut known_dirs).map_err(err)?;
                 mknod(&target, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
                     .map_err(|e| err(e.into()))?;
                 stats.inodes += 1;
@@ -127,12 +130,13 @@ pub fn unpack_layer<R: Read>(input: R, dest: &Path) -> Result<Unpacked, UnpackEr
             match kind {
                 EntryType::Directory => {
                     if !existing.as_ref().is_some_and(|m| m.is_dir()) {
-                        remove_existing(&target).map_err(err)?;
+                        remove_existing(&target, &mut known_dirs).map_err(err)?;
                         fs::create_dir(&target).map_err(err)?;
                     }
+                    known_dirs.insert(target.clone());
                 }
                 EntryType::Regular | EntryType::Continuous => {
-                    remove_existing(&target).map_err(err)?;
+                    remove_existing(&target, &mut known_dirs).map_err(err)?;
                     let mut file = fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
@@ -140,19 +144,23 @@ pub fn unpack_layer<R: Read>(input: R, dest: &Path) -> Result<Unpacked, UnpackEr
                         .mode(0o600)
                         .open(&target)
                         .map_err(err)?;
-                    let written = io::copy(&mut entry, &mut file).map_err(err)?;
+                    let written = copy(&mut entry, &mut file, &mut copy_buffer).map_err(err)?;
                     // Disk use, as ImageFsInfo reports it; the length when blocks are unknown.
                     stats.bytes += file
                         .metadata()
                         .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
                         .unwrap_or(written);
+                    // Through the open file: no path lookups for the common case.
+                    apply_file_metadata(&mut entry, &file, &target).map_err(err)?;
+                    stats.inodes += 1;
+                    continue;
                 }
                 EntryType::Symlink => {
                     let link = entry
                         .link_name()
                         .map_err(err)?
                         .ok_or_else(|| err(io::Error::other("symlink without a target")))?;
-                    remove_existing(&target).map_err(err)?;
+                    remove_existing(&target, &mut known_dirs).map_err(err)?;
                     std::os::unix::fs::symlink(&link, &target).map_err(err)?;
                 }
                 EntryType::Link => {
@@ -171,14 +179,14 @@ pub fn unpack_layer<R: Read>(input: R, dest: &Path) -> Result<Unpacked, UnpackEr
                         });
                     }
                     if source != target {
-                        remove_existing(&target).map_err(err)?;
+                        remove_existing(&target, &mut known_dirs).map_err(err)?;
                         fs::hard_link(&source, &target).map_err(err)?;
                     }
                     stats.inodes += 1;
                     continue; // a hard link shares its source's metadata
                 }
                 EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                    remove_existing(&target).map_err(err)?;
+                    remove_existing(&target, &mut known_dirs).map_err(err)?;
                     let header = entry.header();
                     let (major, minor) = if kind == EntryType::Fifo {
                         (0, 0)
@@ -221,7 +229,7 @@ pub fn unpack_layer<R: Read>(input: R, dest: &Path) -> Result<Unpacked, UnpackEr
     }
     // The tar end marker may be followed by padding that is part of the diff id.
     io::copy(&mut reader, &mut io::sink()).map_err(UnpackError::Read)?;
-    stats.diff_id = Digest::from_hasher(reader.hasher);
+    stats.diff_id = reader.hasher.finish();
     Ok(stats)
 }
 
@@ -267,11 +275,19 @@ fn check_no_symlink_parents(dest: &Path, rel: &Path, shown: &str) -> Result<(), 
 }
 
 /// Makes sure the entry's parent directories exist as real directories inside `dest`.
-fn prepare_parent(dest: &Path, rel: &Path, shown: &str) -> Result<PathBuf, UnpackError> {
+fn prepare_parent(
+    dest: &Path,
+    rel: &Path,
+    shown: &str,
+    known_dirs: &mut HashSet<PathBuf>,
+) -> Result<PathBuf, UnpackError> {
     let mut current = dest.to_path_buf();
     let components: Vec<_> = rel.components().collect();
     for c in &components[..components.len() - 1] {
         current.push(c);
+        if known_dirs.contains(&current) {
+            continue;
+        }
         match fs::symlink_metadata(&current) {
             Ok(meta) if meta.is_dir() => {}
             Ok(meta) if meta.file_type().is_symlink() => {
@@ -302,14 +318,18 @@ fn prepare_parent(dest: &Path, rel: &Path, shown: &str) -> Result<PathBuf, Unpac
                 )?;
             }
         }
+        known_dirs.insert(current.clone());
     }
     Ok(current)
 }
 
 /// A later entry replaces an earlier one at the same path (a directory only by a directory).
-fn remove_existing(path: &Path) -> io::Result<()> {
+fn remove_existing(path: &Path, known_dirs: &mut HashSet<PathBuf>) -> io::Result<()> {
     match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(m) if m.is_dir() => {
+            known_dirs.retain(|d| !d.starts_with(path));
+            fs::remove_dir_all(path)
+        }
         Ok(_) => fs::remove_file(path),
         Err(_) => Ok(()),
     }
@@ -349,6 +369,46 @@ fn apply_metadata<R: Read>(
         set_mtime(path, mtime)?;
     }
     Ok(())
+}
+
+/// Owner, mode, xattrs and mtime of a regular file just written, set through its descriptor.
+fn apply_file_metadata<R: Read>(
+    entry: &mut tar::Entry<R>,
+    file: &fs::File,
+    path: &Path,
+) -> io::Result<()> {
+    let header = entry.header();
+    let (uid, gid) = (header.uid()? as u32, header.gid()? as u32);
+    let mode = header.mode()? & 0o7777;
+    let mtime = header.mtime().unwrap_or(0);
+    std::os::unix::fs::fchown(file, Some(uid), Some(gid))?;
+    // After chown, which clears setuid/setgid bits.
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    if let Some(extensions) = entry.pax_extensions()? {
+        for ext in extensions {
+            let ext = ext?;
+            if let Some(name) = ext.key().ok().and_then(|k| k.strip_prefix("SCHILY.xattr.")) {
+                set_xattr(path, name, ext.value_bytes())?;
+            }
+        }
+    }
+    let t = TimeSpec::new(mtime as i64, 0);
+    nix::sys::stat::futimens(file, &t, &t).map_err(io::Error::from)
+}
+
+/// io::copy with a large buffer: far fewer reads and writes for big files.
+fn copy(from: &mut impl Read, to: &mut fs::File, buffer: &mut [u8]) -> io::Result<u64> {
+    let mut total = 0;
+    loop {
+        let n = match from.read(buffer) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        io::Write::write_all(to, &buffer[..n])?;
+        total += n as u64;
+    }
 }
 
 fn set_mtime(path: &Path, mtime: u64) -> io::Result<()> {
