@@ -77,55 +77,22 @@ impl StallingProxy {
                 };
                 let upstream = upstream.clone();
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        if conn.read(&mut byte).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
-                    let head = String::from_utf8_lossy(&head).to_string();
-                    let mut lines = head.lines();
-                    let path = lines
-                        .next()
-                        .and_then(|l| l.split_whitespace().nth(1))
-                        .unwrap_or("/")
-                        .to_string();
-                    let accept = lines
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .starts_with("accept:")
-                                .then(|| l[7..].trim().to_string())
-                        })
-                        .unwrap_or_default();
-                    let client = reqwest::Client::new();
-                    let mut req = client.get(format!("http://{upstream}{path}"));
-                    if !accept.is_empty() {
-                        req = req.header("Accept", accept);
-                    }
-                    let Ok(resp) = req.send().await else { return };
-                    let status = resp.status().as_u16();
-                    let content_type = resp
-                        .headers()
-                        .get("content-type")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("application/octet-stream")
-                        .to_string();
-                    let body = resp.bytes().await.unwrap_or_default();
-                    let header = format!(
-                        "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = conn.write_all(header.as_bytes()).await;
-                    let is_layer = path.contains("/blobs/") && body.len() > 4096;
-                    if is_layer {
+                    let Some((_, path, headers, _)) = read_request(&mut conn).await else {
+                        return;
+                    };
+                    let Some((status, content_type, body)) =
+                        forward(&upstream, &path, &headers).await
+                    else {
+                        return;
+                    };
+                    if path.contains("/blobs/") && body.len() > 4096 {
+                        respond_head(&mut conn, status, &content_type, body.len()).await;
                         let _ = conn.write_all(&body[..body.len() / 2]).await;
                         let _ = conn.flush().await;
                         // Hold the connection open, sending nothing.
                         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
                     } else {
-                        let _ = conn.write_all(&body).await;
+                        respond(&mut conn, status, &content_type, &body).await;
                     }
                 });
             }
@@ -209,32 +176,12 @@ impl BearerFront {
                         let _ = conn.write_all(body).await;
                         return;
                     } else {
-                        let mut req =
-                            reqwest::Client::new().get(format!("http://{upstream}{path}"));
-                        let accept = header("accept");
-                        if !accept.is_empty() {
-                            req = req.header("Accept", accept);
-                        }
-                        let Ok(resp) = req.send().await else { return };
-                        let status = resp.status().as_u16();
-                        let content_type = resp
-                            .headers()
-                            .get("content-type")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("application/octet-stream")
-                            .to_string();
-                        (
-                            status,
-                            content_type,
-                            resp.bytes().await.unwrap_or_default().to_vec(),
-                        )
+                        let Some(answer) = forward(&upstream, &path, &headers).await else {
+                            return;
+                        };
+                        answer
                     };
-                    let head = format!(
-                        "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        payload.len()
-                    );
-                    let _ = conn.write_all(head.as_bytes()).await;
-                    let _ = conn.write_all(&payload).await;
+                    respond(&mut conn, status, &content_type, &payload).await;
                 });
             }
         });
@@ -281,4 +228,45 @@ async fn read_request(
         headers,
         String::from_utf8_lossy(&body).to_string(),
     ))
+}
+
+/// GETs `path` from the upstream registry with the client's Accept header.
+async fn forward(
+    upstream: &str,
+    path: &str,
+    headers: &[(String, String)],
+) -> Option<(u16, String, Vec<u8>)> {
+    let mut req = reqwest::Client::new().get(format!("http://{upstream}{path}"));
+    if let Some((_, accept)) = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("accept"))
+    {
+        req = req.header("Accept", accept);
+    }
+    let resp = req.send().await.ok()?;
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    Some((status, content_type, resp.bytes().await.ok()?.to_vec()))
+}
+
+async fn respond_head(
+    conn: &mut tokio::net::TcpStream,
+    status: u16,
+    content_type: &str,
+    len: usize,
+) {
+    let head = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    let _ = conn.write_all(head.as_bytes()).await;
+}
+
+async fn respond(conn: &mut tokio::net::TcpStream, status: u16, content_type: &str, body: &[u8]) {
+    respond_head(conn, status, content_type, body.len()).await;
+    let _ = conn.write_all(body).await;
 }
