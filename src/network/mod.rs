@@ -3,6 +3,8 @@
 //! As libcni does: files ending in .conf, .conflist or .json in the conf dir, sorted by name; the
 //! first one that parses and whose plugins all exist in a bin dir is the pod network.
 
+pub mod cni;
+
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
