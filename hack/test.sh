@@ -24,4 +24,4 @@ python3 hack/test-registry.py start "$work"
 . "$work/env"
 
 echo "== cargo test (unit + e2e)"
-cargo test --locked --all-targets
+cargo test --locked --lib --bins --tests
