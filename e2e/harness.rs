@@ -25,6 +25,27 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// A temporary directory tree for one test: root, state, CNI conf dir, config and logs.
 pub struct TestDir {
     tmp: tempfile::TempDir,
+    network: std::sync::Mutex<Option<TestNetwork>>,
+}
+
+/// A test's CNI network; its bridge is deleted with the test dir.
+#[derive(Debug, Clone)]
+pub struct TestNetwork {
+    pub name: String,
+    pub bridge: String,
+    /// e.g. `10.231.17`: pod addresses are `<prefix>.N`, the gateway `<prefix>.1`.
+    pub subnet_prefix: String,
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if let Some(net) = self.network.lock().unwrap().take() {
+            let _ = Command::new("ip")
+                .args(["link", "delete", &net.bridge])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 impl TestDir {
@@ -36,7 +57,10 @@ impl TestDir {
         for sub in ["root", "state", "net.d"] {
             fs::create_dir_all(tmp.path().join(sub)).unwrap();
         }
-        TestDir { tmp }
+        TestDir {
+            tmp,
+            network: std::sync::Mutex::new(None),
+        }
     }
     pub fn path(&self) -> &Path {
         self.tmp.path()
@@ -79,24 +103,42 @@ impl TestDir {
         path
     }
 
-    /// Writes the bridge network every pod test uses.
-    pub fn write_bridge_cni_config(&self) -> PathBuf {
+    /// Writes this test's own bridge network: a bridge, subnet, IPAM dir and network name no
+    /// other test uses, so tests run in parallel and their leftovers can be told apart.
+    pub fn write_bridge_cni_config(&self) -> TestNetwork {
+        let n = self.unique();
+        let net = TestNetwork {
+            name: format!("crius-e2e-{n:06x}"),
+            bridge: format!("ce{n:06x}"),
+            subnet_prefix: format!("10.{}.{}", 200 + (n >> 8) % 50, n % 256),
+        };
         let path = self.cni_conf_dir().join("10-crius-e2e.conflist");
-        fs::write(
-            &path,
-            r#"{
-  "cniVersion": "1.0.0",
-  "name": "crius-e2e",
-  "plugins": [
-    {"type": "bridge", "bridge": "criuse2e0", "isGateway": true, "ipMasq": false,
-     "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.233.0.0/24"}]]}},
-    {"type": "portmap", "capabilities": {"portMappings": true}}
-  ]
-}
-"#,
-        )
-        .unwrap();
-        path
+        let config = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": net.name,
+            "plugins": [
+                {"type": "bridge", "bridge": net.bridge, "isGateway": true, "ipMasq": false,
+                 "ipam": {"type": "host-local", "dataDir": self.path().join("ipam"),
+                          "ranges": [[{"subnet": format!("{}.0/24", net.subnet_prefix)}]]}},
+                {"type": "portmap", "capabilities": {"portMappings": true}}
+            ]
+        });
+        fs::write(&path, config.to_string()).unwrap();
+        *self.network.lock().unwrap() = Some(net.clone());
+        net
+    }
+
+    /// A number no other test of this run has (from the temp dir's random name).
+    fn unique(&self) -> u32 {
+        let name = self
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        name.bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
+            & 0xff_ffff
     }
 
     pub fn log(&self) -> String {
@@ -284,6 +326,34 @@ impl Daemon {
             .map(str::to_string)
             .collect();
         assert!(mounts.is_empty(), "mounts left behind: {mounts:?}");
+        if let Some(net) = self.dir.network.lock().unwrap().clone() {
+            let rules = Command::new("iptables-save")
+                .args(["-t", "nat"])
+                .output()
+                .unwrap();
+            let rules = String::from_utf8_lossy(&rules.stdout);
+            let left: Vec<&str> = rules.lines().filter(|l| l.contains(&net.name)).collect();
+            assert!(left.is_empty(), "iptables rules left behind: {left:?}");
+            let links = Command::new("ip")
+                .args(["-o", "link", "show", "master", &net.bridge])
+                .output()
+                .unwrap();
+            let links = String::from_utf8_lossy(&links.stdout);
+            assert!(
+                links.trim().is_empty(),
+                "veths left on {}: {links}",
+                net.bridge
+            );
+            let leases: Vec<_> = fs::read_dir(self.dir.path().join("ipam").join(&net.name))
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n.starts_with("10."))
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert!(leases.is_empty(), "IP addresses still reserved: {leases:?}");
+        }
     }
 }
 

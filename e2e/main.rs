@@ -6,3 +6,4 @@ mod registry;
 mod daemon_lifecycle;
 mod images;
 mod runtime_info;
+mod sandbox;

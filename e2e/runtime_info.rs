@@ -77,7 +77,7 @@ async fn status_follows_the_cni_config_dir() {
     assert!(net.message.contains("no-such-plugin"), "{}", net.message);
 
     // Re-checked on each call: adding a valid config makes the network ready.
-    daemon.dir.write_bridge_cni_config();
+    let network = daemon.dir.write_bridge_cni_config();
     let s = status(&daemon, true).await;
     let net = condition(&s, "NetworkReady");
     assert!(net.status, "{net:?}");
@@ -95,7 +95,7 @@ async fn status_follows_the_cni_config_dir() {
         daemon.dir.cni_conf_dir().display().to_string()
     );
     let cni: serde_json::Value = serde_json::from_str(&s.info["cniconfig"]).unwrap();
-    assert_eq!(cni["name"], "crius-e2e");
+    assert_eq!(cni["name"], network.name);
     assert_eq!(s.info["lastCNILoadStatus"], "OK");
 
     // And removing it makes it not ready again.
@@ -146,11 +146,15 @@ async fn rpcs_not_built_yet_answer_unimplemented_with_their_name() {
     let daemon = Daemon::start("").await;
     let mut rt = daemon.runtime().await.unwrap();
     let err = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest::default())
+        .create_container(cri::CreateContainerRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("RunPodSandbox"), "{}", err.message());
+    assert!(
+        err.message().contains("CreateContainer"),
+        "{}",
+        err.message()
+    );
     let err = rt
         .exec_sync(cri::ExecSyncRequest::default())
         .await

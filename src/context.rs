@@ -5,12 +5,14 @@ use std::sync::Arc;
 use crate::cgroups::CgroupLayout;
 use crate::config::Config;
 use crate::image::Images;
+use crate::sandbox::Sandboxes;
 use crate::store::Store;
 
 pub struct Context {
     pub config: Config,
     pub store: Arc<Store>,
     pub images: Arc<Images>,
+    pub sandboxes: Sandboxes,
     /// Detected once at start: the hierarchy cannot change under a running daemon.
     pub cgroups: CgroupLayout,
 }

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::context::Context;
 use crate::image::Images;
 use crate::lockfile::{LockError, LockFile};
+use crate::sandbox::Sandboxes;
 use crate::server;
 use crate::store::{Store, StoreError};
 
@@ -25,6 +26,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("image store: {0}")]
     Images(crate::error::Error),
+    #[error("pod sandboxes: {0}")]
+    Sandboxes(crate::error::Error),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -66,10 +69,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         "cgroups detected"
     );
     let shutdown_timeout = config.shutdown_timeout();
+    let sandboxes = Sandboxes::new(store.clone(), &config.state, config.cni.clone())
+        .map_err(DaemonError::Sandboxes)?;
     let ctx = Arc::new(Context {
         config,
         store,
         images,
+        sandboxes,
         cgroups,
     });
 

@@ -1,5 +1,6 @@
 //! crius: a Kubernetes container runtime serving CRI v1 on a unix socket.
 
+pub mod agent;
 pub mod cgroups;
 pub mod check;
 pub mod config;
@@ -10,5 +11,6 @@ pub mod image;
 pub mod lockfile;
 pub mod logging;
 pub mod network;
+pub mod sandbox;
 pub mod server;
 pub mod store;

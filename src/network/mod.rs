@@ -7,7 +7,7 @@ pub mod cni;
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CniConfigError {
@@ -20,7 +20,7 @@ pub enum CniConfigError {
 }
 
 /// A network configuration list ready to be used.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NetworkConfig {
     pub file: PathBuf,
     pub name: String,

@@ -1,5 +1,6 @@
 //! The CRI RuntimeService. Each group of RPCs lives in its own file; this impl only routes.
 
+mod sandbox;
 mod status;
 
 use std::pin::Pin;
@@ -37,37 +38,59 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
 
     async fn run_pod_sandbox(
         &self,
-        _request: Request<cri::RunPodSandboxRequest>,
+        request: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        rpc::unimplemented("RunPodSandbox").await
+        let req = request.into_inner();
+        rpc::handle("RunPodSandbox", Ids::none(), sandbox::run(&self.ctx, req)).await
     }
 
     async fn stop_pod_sandbox(
         &self,
-        _request: Request<cri::StopPodSandboxRequest>,
+        request: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        rpc::unimplemented("StopPodSandbox").await
+        let id = request.into_inner().pod_sandbox_id;
+        rpc::handle(
+            "StopPodSandbox",
+            Ids::pod(&id),
+            sandbox::stop(&self.ctx, &id),
+        )
+        .await
     }
 
     async fn remove_pod_sandbox(
         &self,
-        _request: Request<cri::RemovePodSandboxRequest>,
+        request: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        rpc::unimplemented("RemovePodSandbox").await
+        let id = request.into_inner().pod_sandbox_id;
+        rpc::handle(
+            "RemovePodSandbox",
+            Ids::pod(&id),
+            sandbox::remove(&self.ctx, &id),
+        )
+        .await
     }
 
     async fn pod_sandbox_status(
         &self,
-        _request: Request<cri::PodSandboxStatusRequest>,
+        request: Request<cri::PodSandboxStatusRequest>,
     ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
-        rpc::unimplemented("PodSandboxStatus").await
+        let req = request.into_inner();
+        let id = req.pod_sandbox_id.clone();
+        rpc::handle("PodSandboxStatus", Ids::pod(&id), async {
+            sandbox::status(&self.ctx, &req)
+        })
+        .await
     }
 
     async fn list_pod_sandbox(
         &self,
-        _request: Request<cri::ListPodSandboxRequest>,
+        request: Request<cri::ListPodSandboxRequest>,
     ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-        rpc::unimplemented("ListPodSandbox").await
+        let req = request.into_inner();
+        rpc::handle("ListPodSandbox", Ids::none(), async {
+            sandbox::list(&self.ctx, req)
+        })
+        .await
     }
 
     async fn create_container(

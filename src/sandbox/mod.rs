@@ -1,0 +1,578 @@
+//! Pod sandboxes: one agent process per pod holding its network, IPC and UTS namespaces
+//! (pinned under the state dir), the pod's network through CNI, its hostname, hosts,
+//! resolv.conf and /dev/shm. The store is the source of truth; every create path undoes what it
+//! did when a later step fails.
+
+pub mod files;
+pub mod pod;
+pub mod record;
+pub mod sysctl;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use k8s_cri::v1 as cri;
+
+use crate::agent;
+use crate::config::CniConfig;
+use crate::error::{Error, Result};
+use crate::network::{self, cni};
+use crate::store::{Store, Table};
+use record::{AgentProcess, SandboxRecord, SandboxState};
+
+/// The pod's /dev/shm, as Docker and containerd size it.
+const SHM_SIZE: u64 = 64 * 1024 * 1024;
+const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Sandboxes {
+    store: Arc<Store>,
+    state_dir: PathBuf,
+    cni: CniConfig,
+    /// This binary, re-executed as `crius pod-agent`.
+    exe: PathBuf,
+    /// Name reservation and record creation happen under it, so two pods never share a name.
+    create_lock: tokio::sync::Mutex<()>,
+}
+
+fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Io { context, source }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
+}
+
+fn new_id() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom(&mut bytes)?;
+    Ok(crate::image::digest::hex(&bytes))
+}
+
+fn getrandom(buf: &mut [u8]) -> Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .map_err(io_error("reading /dev/urandom"))
+}
+
+impl Sandboxes {
+    pub fn new(store: Arc<Store>, state_dir: &Path, cni: CniConfig) -> Result<Sandboxes> {
+        let exe = std::env::current_exe().map_err(io_error("finding the crius binary"))?;
+        Ok(Sandboxes {
+            store,
+            state_dir: state_dir.to_path_buf(),
+            cni,
+            exe,
+            create_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn pod_dir(&self, id: &str) -> PathBuf {
+        self.state_dir.join("pods").join(id)
+    }
+
+    /// Kept short: a unix socket path has at most 107 bytes.
+    fn agent_socket(&self, id: &str) -> PathBuf {
+        self.state_dir
+            .join("agents")
+            .join(format!("{}.sock", &id[..16.min(id.len())]))
+    }
+
+    fn netns_pin(&self, id: &str) -> PathBuf {
+        self.state_dir.join("netns").join(id)
+    }
+
+    fn save(&self, record: &SandboxRecord) -> impl std::future::Future<Output = Result<()>> + '_ {
+        let json = serde_json::to_string(record);
+        let id = record.id.clone();
+        async move {
+            let json = json.map_err(|e| Error::Internal(format!("encoding sandbox: {e}")))?;
+            self.store
+                .put_record(Table::Sandboxes, &id, None, json)
+                .await?;
+            Ok(())
+        }
+    }
+
+    /// Every sandbox, with its state as it is now (a pod whose agent died is not ready).
+    pub fn list(&self) -> Result<Vec<SandboxRecord>> {
+        self.store
+            .list_records(Table::Sandboxes)?
+            .into_iter()
+            .map(|(_, json)| parse(&json).map(with_live_state))
+            .collect()
+    }
+
+    /// A sandbox by id or unique id prefix.
+    pub fn get(&self, id: &str) -> Result<Option<SandboxRecord>> {
+        if id.is_empty() {
+            return Ok(None);
+        }
+        if let Some(json) = self.store.get_record(Table::Sandboxes, id)? {
+            return parse(&json).map(|r| Some(with_live_state(r)));
+        }
+        let mut matches: Vec<SandboxRecord> = self
+            .list()?
+            .into_iter()
+            .filter(|r| r.id.starts_with(id))
+            .collect();
+        Ok(if matches.len() == 1 {
+            matches.pop()
+        } else {
+            None
+        })
+    }
+
+    fn validate(config: &cri::PodSandboxConfig, runtime_handler: &str) -> Result<()> {
+        let meta = config
+            .metadata
+            .as_ref()
+            .ok_or_else(|| Error::invalid("config.metadata", "missing"))?;
+        for (field, value) in [
+            ("name", &meta.name),
+            ("namespace", &meta.namespace),
+            ("uid", &meta.uid),
+        ] {
+            if value.is_empty() {
+                return Err(Error::invalid(format!("config.metadata.{field}"), "empty"));
+            }
+        }
+        if !runtime_handler.is_empty() {
+            return Err(Error::invalid(
+                "runtime_handler",
+                format!(
+                    "{runtime_handler:?} is not a runtime handler of crius (only the default, \"\")"
+                ),
+            ));
+        }
+        let probe = SandboxRecord {
+            id: String::new(),
+            config: config.clone(),
+            runtime_handler: String::new(),
+            state: SandboxState::NotReady,
+            created_at: 0,
+            agent: None,
+            netns: None,
+            ips: vec![],
+            cni_result: None,
+            network_attached: false,
+            pid_init: None,
+        };
+        if let Some(linux) = &config.linux {
+            let mut names: Vec<&String> = linux.sysctls.keys().collect();
+            names.sort();
+            for name in names {
+                if let Some(reason) = sysctl::refusal(name, probe.host_network(), probe.host_ipc())
+                {
+                    return Err(Error::invalid(
+                        format!("config.linux.sysctls[{name:?}]"),
+                        reason,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// RunPodSandbox: returns the new sandbox's id once it is ready.
+    pub async fn run(
+        &self,
+        config: cri::PodSandboxConfig,
+        runtime_handler: String,
+    ) -> Result<String> {
+        Self::validate(&config, &runtime_handler)?;
+        let meta = config.metadata.clone().unwrap_or_default();
+        let mut record = {
+            let _creating = self.create_lock.lock().await;
+            if let Some(holder) = self.list()?.into_iter().find(|r| {
+                let m = r.metadata();
+                (
+                    m.name.as_str(),
+                    m.namespace.as_str(),
+                    m.uid.as_str(),
+                    m.attempt,
+                ) == (
+                    meta.name.as_str(),
+                    meta.namespace.as_str(),
+                    meta.uid.as_str(),
+                    meta.attempt,
+                )
+            }) {
+                return Err(Error::AlreadyExists(format!(
+                    "pod sandbox {}/{} (uid {}, attempt {}) already exists as {}",
+                    meta.namespace, meta.name, meta.uid, meta.attempt, holder.id
+                )));
+            }
+            let record = SandboxRecord {
+                id: new_id()?,
+                config,
+                runtime_handler,
+                state: SandboxState::NotReady,
+                created_at: now_ns(),
+                agent: None,
+                netns: None,
+                ips: vec![],
+                cni_result: None,
+                network_attached: false,
+                pid_init: None,
+            };
+            // Recorded before anything is made, so a crash half-way leaves a NOTREADY pod that
+            // kubelet removes, rather than debris nobody knows about.
+            self.save(&record).await?;
+            record
+        };
+        match self.set_up(&mut record).await {
+            Ok(()) => Ok(record.id),
+            Err(e) => {
+                tracing::info!(pod_id = %record.id, error = %e, "pod set-up failed; undoing it");
+                if let Err(undo) = self.tear_down(&mut record).await {
+                    tracing::error!(pod_id = %record.id, error = %undo, "undoing a failed pod left debris");
+                }
+                let _ = self.store.delete_record(Table::Sandboxes, &record.id).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn set_up(&self, record: &mut SandboxRecord) -> Result<()> {
+        let id = record.id.clone();
+        let dir = self.pod_dir(&id);
+        std::fs::create_dir_all(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
+        let own = pod::OwnNamespaces {
+            net: !record.host_network(),
+            ipc: !record.host_ipc(),
+            // The UTS namespace follows the network one, as in Kubernetes.
+            uts: !record.host_network(),
+            pid: record.pod_pid(),
+        };
+        let hostname = if own.uts {
+            files::hostname(&record.config)
+        } else {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        self.write_files(record, &hostname, &[])?;
+
+        // The agent, in the pod's new namespaces.
+        let socket = self.agent_socket(&id);
+        if let Some(parent) = socket.parent() {
+            std::fs::create_dir_all(parent).map_err(io_error("creating the agents dir"))?;
+        }
+        let mut args = vec!["--socket".to_string(), socket.display().to_string()];
+        if own.uts {
+            args.extend(["--hostname".to_string(), hostname.clone()]);
+        }
+        if own.net {
+            args.push("--loopback".to_string());
+        }
+        if own.pid {
+            args.push("--pid-init".to_string());
+        }
+        if let Some(linux) = &record.config.linux {
+            let mut sysctls: Vec<_> = linux.sysctls.iter().collect();
+            sysctls.sort();
+            for (k, v) in sysctls {
+                args.extend(["--sysctl".to_string(), format!("{k}={v}")]);
+            }
+        }
+        let log_path = dir.join("agent.log");
+        let log = std::fs::File::create(&log_path).map_err(io_error("creating the agent log"))?;
+        let mut child = pod::spawn_agent(&self.exe, &args, own, log)
+            .map_err(io_error("starting the pod agent"))?;
+        let pid = child.id().unwrap_or_default() as i32;
+        record.agent = record::start_time(pid).map(|start_time| AgentProcess { pid, start_time });
+        self.save(record).await?;
+        // Wait for it to serve, or to fail.
+        let deadline = Instant::now() + AGENT_START_TIMEOUT;
+        loop {
+            if let Ok(answer) = agent::client::ping(&socket).await {
+                let init = answer.pid_init as i32;
+                record.pid_init = (init > 0)
+                    .then(|| {
+                        record::start_time(init).map(|start_time| AgentProcess {
+                            pid: init,
+                            start_time,
+                        })
+                    })
+                    .flatten();
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                record.agent = None;
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                return Err(Error::Internal(format!(
+                    "pod agent exited ({status}): {}",
+                    log.trim()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Internal(format!(
+                    "pod agent did not answer within {}s",
+                    AGENT_START_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // Reap it whenever it exits, while this daemon is its parent.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+
+        // Pin the namespaces so they outlive the agent.
+        if own.net {
+            let pin = self.netns_pin(&id);
+            pod::pin_namespace(pid, "net", &pin)
+                .map_err(io_error("pinning the network namespace"))?;
+            record.netns = Some(pin);
+        }
+        if own.ipc {
+            pod::pin_namespace(pid, "ipc", &dir.join("ns/ipc"))
+                .map_err(io_error("pinning the IPC namespace"))?;
+            pod::mount_shm(&dir.join("shm"), SHM_SIZE).map_err(io_error("mounting /dev/shm"))?;
+        }
+        if own.uts {
+            pod::pin_namespace(pid, "uts", &dir.join("ns/uts"))
+                .map_err(io_error("pinning the UTS namespace"))?;
+        }
+        self.save(record).await?;
+
+        if let Some(netns) = record.netns.clone() {
+            let network = network::discover(&self.cni.conf_dir, &self.cni.bin_dirs)
+                .map_err(|e| Error::FailedPrecondition(format!("network plugin not ready: {e}")))?;
+            let cni = cni::Cni {
+                network: &network,
+                bin_dirs: &self.cni.bin_dirs,
+            };
+            // Recorded before ADD: a crash during ADD still gets its DEL.
+            record.network_attached = true;
+            record.cni_result = Some(serde_json::json!({ "network": network }));
+            self.save(record).await?;
+            let result = tokio::task::block_in_place(|| {
+                cni.add(&identity(record), &netns, &capabilities(&record.config))
+            })
+            .map_err(|e| Error::FailedPrecondition(format!("pod network: {e}")))?;
+            record.ips = result.ips.iter().map(|ip| ip.to_string()).collect();
+            record.cni_result =
+                Some(serde_json::json!({ "network": network, "result": result.raw }));
+            self.write_files(record, &hostname, &result.ips)?;
+        }
+        record.state = SandboxState::Ready;
+        self.save(record).await?;
+        tracing::info!(pod_id = %record.id, ips = ?record.ips, "pod sandbox ready");
+        Ok(())
+    }
+
+    fn write_files(
+        &self,
+        record: &SandboxRecord,
+        hostname: &str,
+        ips: &[std::net::IpAddr],
+    ) -> Result<()> {
+        let dir = self.pod_dir(&record.id);
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let hosts = if record.host_network() {
+            std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+        } else {
+            files::hosts(hostname, ips)
+        };
+        for (name, content) in [
+            ("hostname", format!("{hostname}\n")),
+            ("hosts", hosts),
+            (
+                "resolv.conf",
+                files::resolv_conf(record.config.dns_config.as_ref(), &host_resolv),
+            ),
+        ] {
+            std::fs::write(dir.join(name), content)
+                .map_err(io_error(format!("writing the pod's {name}")))?;
+        }
+        Ok(())
+    }
+
+    /// StopPodSandbox: network detached, agent gone, pod NOTREADY. Idempotent; an unknown id
+    /// is not an error.
+    pub async fn stop(&self, id: &str) -> Result<()> {
+        let Some(mut record) = self.get(id)? else {
+            return Ok(());
+        };
+        self.stop_record(&mut record).await
+    }
+
+    async fn stop_record(&self, record: &mut SandboxRecord) -> Result<()> {
+        self.detach_network(record).await?;
+        self.stop_agent(record).await;
+        record.state = SandboxState::NotReady;
+        self.save(record).await
+    }
+
+    async fn detach_network(&self, record: &mut SandboxRecord) -> Result<()> {
+        if !record.network_attached {
+            return Ok(());
+        }
+        let saved = record.cni_result.clone().unwrap_or_default();
+        let network: Option<network::NetworkConfig> =
+            serde_json::from_value(saved["network"].clone()).ok();
+        if let Some(network) = network {
+            let cni = cni::Cni {
+                network: &network,
+                bin_dirs: &self.cni.bin_dirs,
+            };
+            let netns = record.netns.clone().filter(|p| p.exists());
+            let prev = saved.get("result").cloned();
+            let mut attempt = 0;
+            loop {
+                let result = tokio::task::block_in_place(|| {
+                    cni.del(
+                        &identity(record),
+                        netns.as_deref(),
+                        &capabilities(&record.config),
+                        prev.as_ref(),
+                    )
+                });
+                match result {
+                    Ok(()) => break,
+                    Err(e) if attempt < 2 => {
+                        attempt += 1;
+                        tracing::info!(pod_id = %record.id, error = %e, attempt, "CNI DEL failed, retrying");
+                        tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                    }
+                    Err(e) => {
+                        return Err(Error::Unavailable(format!(
+                            "pod sandbox {}: detaching its network: {e}",
+                            record.id
+                        )));
+                    }
+                }
+            }
+        }
+        record.network_attached = false;
+        record.ips.clear();
+        self.save(record).await
+    }
+
+    async fn stop_agent(&self, record: &mut SandboxRecord) {
+        // The pod's PID 1 goes first: killing it ends every process in the pod's PID namespace.
+        if let Some(init) = record.pid_init.filter(|i| i.is_alive()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(init.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let Some(agent) = record.agent else {
+            record.pid_init = None;
+            return;
+        };
+        if agent.is_alive() {
+            let socket = self.agent_socket(&record.id);
+            if agent::client::shutdown(&socket).await.is_err() && agent.is_alive() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(agent.pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while agent.is_alive() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        record.agent = None;
+        record.pid_init = None;
+    }
+
+    /// Undoes everything a pod made: network, agent, pins, /dev/shm, its directories.
+    async fn tear_down(&self, record: &mut SandboxRecord) -> Result<()> {
+        self.detach_network(record).await?;
+        self.stop_agent(record).await;
+        let dir = self.pod_dir(&record.id);
+        let mut targets = vec![self.netns_pin(&record.id)];
+        targets.extend([dir.join("ns/ipc"), dir.join("ns/uts"), dir.join("shm")]);
+        for target in &targets {
+            pod::unmount_and_remove(target)
+                .map_err(io_error(format!("removing {}", target.display())))?;
+        }
+        let _ = std::fs::remove_file(self.agent_socket(&record.id));
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_error(format!("removing {}", dir.display()))(e));
+            }
+            _ => {}
+        }
+        record.netns = None;
+        Ok(())
+    }
+
+    /// RemovePodSandbox: everything the pod made goes, then its record. Idempotent.
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        let Some(mut record) = self.get(id)? else {
+            return Ok(());
+        };
+        self.tear_down(&mut record).await?;
+        self.store
+            .delete_record(Table::Sandboxes, &record.id)
+            .await?;
+        tracing::info!(pod_id = %record.id, "pod sandbox removed");
+        Ok(())
+    }
+}
+
+fn parse(json: &str) -> Result<SandboxRecord> {
+    serde_json::from_str(json).map_err(|e| Error::Internal(format!("corrupt sandbox record: {e}")))
+}
+
+/// A READY pod whose agent is gone is not ready any more.
+fn with_live_state(mut record: SandboxRecord) -> SandboxRecord {
+    if record.state == SandboxState::Ready && !record.agent.is_some_and(|a| a.is_alive()) {
+        record.state = SandboxState::NotReady;
+    }
+    record
+}
+
+fn identity(record: &SandboxRecord) -> cni::PodIdentity {
+    let meta = record.metadata();
+    cni::PodIdentity {
+        namespace: meta.namespace,
+        name: meta.name,
+        uid: meta.uid,
+        sandbox_id: record.id.clone(),
+    }
+}
+
+/// Port mappings and DNS for the CNI plugins that ask for them.
+fn capabilities(config: &cri::PodSandboxConfig) -> cni::RuntimeCapabilities {
+    let port_mappings = config
+        .port_mappings
+        .iter()
+        .filter(|p| p.host_port > 0)
+        .map(|p| cni::PortMapping {
+            host_port: p.host_port as u16,
+            container_port: p.container_port as u16,
+            protocol: match cri::Protocol::try_from(p.protocol) {
+                Ok(cri::Protocol::Udp) => "udp",
+                Ok(cri::Protocol::Sctp) => "sctp",
+                _ => "tcp",
+            }
+            .to_string(),
+            host_ip: p.host_ip.clone(),
+        })
+        .collect();
+    let dns = config.dns_config.as_ref().map(
+        |d| serde_json::json!({"servers": d.servers, "searches": d.searches, "options": d.options}),
+    );
+    cni::RuntimeCapabilities {
+        port_mappings,
+        bandwidth: None,
+        dns,
+    }
+}
+
+/// Labels that all match the selector.
+pub fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}

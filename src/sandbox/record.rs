@@ -1,0 +1,112 @@
+//! A pod sandbox as the store keeps it.
+
+use std::path::PathBuf;
+
+use k8s_cri::v1 as cri;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SandboxState {
+    Ready,
+    NotReady,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    pub id: String,
+    pub config: cri::PodSandboxConfig,
+    pub runtime_handler: String,
+    pub state: SandboxState,
+    /// Nanoseconds since the epoch.
+    pub created_at: i64,
+    /// The agent holding the namespaces, while it runs: its pid and its start time (in clock
+    /// ticks since boot), which together tell it from a later process with the same pid.
+    pub agent: Option<AgentProcess>,
+    /// PID 1 of the pod's PID namespace (shareProcessNamespace), while it runs.
+    #[serde(default)]
+    pub pid_init: Option<AgentProcess>,
+    /// The pinned network namespace, unless the pod uses the host's.
+    pub netns: Option<PathBuf>,
+    /// The pod's addresses, v4 first.
+    pub ips: Vec<String>,
+    /// The CNI result, for DEL.
+    pub cni_result: Option<serde_json::Value>,
+    /// Whether the network is still attached (DEL not yet done).
+    pub network_attached: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentProcess {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl SandboxRecord {
+    pub fn metadata(&self) -> cri::PodSandboxMetadata {
+        self.config.metadata.clone().unwrap_or_default()
+    }
+
+    pub fn namespace_options(&self) -> cri::NamespaceOption {
+        self.config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn host_network(&self) -> bool {
+        self.namespace_options().network == cri::NamespaceMode::Node as i32
+    }
+
+    /// A PID namespace shared by the pod's containers (POD), rather than one each or the host's.
+    pub fn pod_pid(&self) -> bool {
+        self.namespace_options().pid == cri::NamespaceMode::Pod as i32
+    }
+
+    pub fn host_ipc(&self) -> bool {
+        self.namespace_options().ipc == cri::NamespaceMode::Node as i32
+    }
+}
+
+impl AgentProcess {
+    /// Whether this very process still runs (same pid, same start time).
+    pub fn is_alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start_time)
+    }
+}
+
+/// Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields after it follow the last ')'.
+    let after = &stat[stat.rfind(')')? + 2..];
+    let state = after.split_whitespace().next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn own_start_time() {
+        let me = std::process::id() as i32;
+        let t = super::start_time(me).unwrap();
+        assert!(
+            super::AgentProcess {
+                pid: me,
+                start_time: t
+            }
+            .is_alive()
+        );
+        assert!(
+            !super::AgentProcess {
+                pid: me,
+                start_time: t + 1
+            }
+            .is_alive()
+        );
+    }
+}

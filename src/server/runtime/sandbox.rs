@@ -1,0 +1,113 @@
+//! RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox.
+
+use std::collections::HashMap;
+
+use k8s_cri::v1 as cri;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::sandbox::labels_match;
+use crate::sandbox::record::{SandboxRecord, SandboxState};
+
+fn state(record: &SandboxRecord) -> i32 {
+    match record.state {
+        SandboxState::Ready => cri::PodSandboxState::SandboxReady as i32,
+        SandboxState::NotReady => cri::PodSandboxState::SandboxNotready as i32,
+    }
+}
+
+pub async fn run(
+    ctx: &Context,
+    req: cri::RunPodSandboxRequest,
+) -> Result<cri::RunPodSandboxResponse> {
+    let config = req
+        .config
+        .ok_or_else(|| Error::invalid("config", "missing"))?;
+    let id = ctx.sandboxes.run(config, req.runtime_handler).await?;
+    Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
+}
+
+pub async fn stop(ctx: &Context, id: &str) -> Result<cri::StopPodSandboxResponse> {
+    ctx.sandboxes.stop(id).await?;
+    Ok(cri::StopPodSandboxResponse {})
+}
+
+pub async fn remove(ctx: &Context, id: &str) -> Result<cri::RemovePodSandboxResponse> {
+    ctx.sandboxes.remove(id).await?;
+    Ok(cri::RemovePodSandboxResponse {})
+}
+
+pub fn status(
+    ctx: &Context,
+    req: &cri::PodSandboxStatusRequest,
+) -> Result<cri::PodSandboxStatusResponse> {
+    let record = ctx
+        .sandboxes
+        .get(&req.pod_sandbox_id)?
+        .ok_or_else(|| Error::NotFound {
+            kind: "pod sandbox",
+            id: req.pod_sandbox_id.clone(),
+        })?;
+    let mut ips = record.ips.iter();
+    let network = cri::PodSandboxNetworkStatus {
+        ip: ips.next().cloned().unwrap_or_default(),
+        additional_ips: ips.map(|ip| cri::PodIp { ip: ip.clone() }).collect(),
+    };
+    let mut info = HashMap::new();
+    if req.verbose {
+        let details = serde_json::json!({
+            "pid": record.agent.map(|a| a.pid),
+            "pidNamespaceInit": record.pid_init.map(|a| a.pid),
+            "netns": record.netns,
+            "runtimeHandler": record.runtime_handler,
+            "config": record.config,
+            "cni": record.cni_result,
+        });
+        info.insert("info".to_string(), details.to_string());
+    }
+    Ok(cri::PodSandboxStatusResponse {
+        status: Some(cri::PodSandboxStatus {
+            id: record.id.clone(),
+            metadata: Some(record.metadata()),
+            state: state(&record),
+            created_at: record.created_at,
+            network: Some(network),
+            linux: Some(cri::LinuxPodSandboxStatus {
+                namespaces: Some(cri::Namespace {
+                    options: Some(record.namespace_options()),
+                }),
+            }),
+            labels: record.config.labels.clone(),
+            annotations: record.config.annotations.clone(),
+            runtime_handler: record.runtime_handler.clone(),
+        }),
+        info,
+        containers_statuses: vec![],
+        timestamp: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or_default(),
+    })
+}
+
+pub fn list(ctx: &Context, req: cri::ListPodSandboxRequest) -> Result<cri::ListPodSandboxResponse> {
+    let filter = req.filter.unwrap_or_default();
+    let items = ctx
+        .sandboxes
+        .list()?
+        .into_iter()
+        .filter(|r| filter.id.is_empty() || r.id.starts_with(&filter.id))
+        .filter(|r| filter.state.is_none_or(|s| s.state == state(r)))
+        .filter(|r| labels_match(&r.config.labels, &filter.label_selector))
+        .map(|r| cri::PodSandbox {
+            id: r.id.clone(),
+            metadata: Some(r.metadata()),
+            state: state(&r),
+            created_at: r.created_at,
+            labels: r.config.labels.clone(),
+            annotations: r.config.annotations.clone(),
+            runtime_handler: r.runtime_handler.clone(),
+        })
+        .collect();
+    Ok(cri::ListPodSandboxResponse { items })
+}
