@@ -151,19 +151,7 @@ impl Sandboxes {
                 ),
             ));
         }
-        let probe = SandboxRecord {
-            id: String::new(),
-            config: config.clone(),
-            runtime_handler: String::new(),
-            state: SandboxState::NotReady,
-            created_at: 0,
-            agent: None,
-            netns: None,
-            ips: vec![],
-            cni_result: None,
-            network_attached: false,
-            pid_init: None,
-        };
+        let probe = SandboxRecord::new(String::new(), config.clone(), String::new(), 0);
         if let Some(linux) = &config.linux {
             let mut names: Vec<&String> = linux.sysctls.keys().collect();
             names.sort();
@@ -209,19 +197,7 @@ impl Sandboxes {
                     meta.namespace, meta.name, meta.uid, meta.attempt, holder.id
                 )));
             }
-            let record = SandboxRecord {
-                id: new_id()?,
-                config,
-                runtime_handler,
-                state: SandboxState::NotReady,
-                created_at: now_ns(),
-                agent: None,
-                netns: None,
-                ips: vec![],
-                cni_result: None,
-                network_attached: false,
-                pid_init: None,
-            };
+            let record = SandboxRecord::new(new_id()?, config, runtime_handler, now_ns());
             // Recorded before anything is made, so a crash half-way leaves a NOTREADY pod that
             // kubelet removes, rather than debris nobody knows about.
             self.save(&record).await?;

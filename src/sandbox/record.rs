@@ -42,6 +42,28 @@ pub struct AgentProcess {
 }
 
 impl SandboxRecord {
+    /// A sandbox not set up yet: NOTREADY, nothing made.
+    pub fn new(
+        id: String,
+        config: cri::PodSandboxConfig,
+        runtime_handler: String,
+        created_at: i64,
+    ) -> Self {
+        SandboxRecord {
+            id,
+            config,
+            runtime_handler,
+            state: SandboxState::NotReady,
+            created_at,
+            agent: None,
+            pid_init: None,
+            netns: None,
+            ips: vec![],
+            cni_result: None,
+            network_attached: false,
+        }
+    }
+
     pub fn metadata(&self) -> cri::PodSandboxMetadata {
         self.config.metadata.clone().unwrap_or_default()
     }
