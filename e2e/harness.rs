@@ -128,6 +128,11 @@ impl TestDir {
         net
     }
 
+    /// A cgroup parent of this test's own, as kubelet would name a pod's.
+    pub fn cgroup_parent(&self, pod: &str) -> String {
+        format!("/crius-e2e-{:06x}/pod-{pod}", self.unique())
+    }
+
     /// A number no other test of this run has (from the temp dir's random name).
     fn unique(&self) -> u32 {
         let name = self
@@ -326,6 +331,17 @@ impl Daemon {
             .map(str::to_string)
             .collect();
         assert!(mounts.is_empty(), "mounts left behind: {mounts:?}");
+        let top = format!("crius-e2e-{:06x}", self.dir.unique());
+        let cgroups: Vec<String> = fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|hierarchy| hierarchy.path().join(&top))
+            .chain(std::iter::once(Path::new("/sys/fs/cgroup").join(&top)))
+            .filter(|p| p.exists())
+            .map(|p| p.display().to_string())
+            .collect();
+        assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
         if let Some(net) = self.dir.network.lock().unwrap().clone() {
             let rules = Command::new("iptables-save")
                 .args(["-t", "nat"])

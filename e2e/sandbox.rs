@@ -13,7 +13,7 @@ use tonic::Code;
 
 use crate::harness::{Daemon, processes_mentioning};
 
-pub fn pod_config(name: &str) -> cri::PodSandboxConfig {
+pub fn pod_config(daemon: &Daemon, name: &str) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: name.to_string(),
@@ -25,6 +25,7 @@ pub fn pod_config(name: &str) -> cri::PodSandboxConfig {
         labels: HashMap::from([("app".to_string(), name.to_string())]),
         annotations: HashMap::from([("note".to_string(), "crius e2e".to_string())]),
         linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: daemon.dir.cgroup_parent(name),
             security_context: Some(cri::LinuxSandboxSecurityContext {
                 namespace_options: Some(cri::NamespaceOption {
                     network: cri::NamespaceMode::Pod as i32,
@@ -149,7 +150,7 @@ async fn a_pod_gets_its_namespaces_network_and_files_and_leaves_nothing() {
     let daemon = Daemon::start("").await;
     let net = daemon.dir.write_bridge_cni_config();
     let host_port = 20000 + (std::process::id() % 20000) as u16;
-    let mut config = pod_config("web");
+    let mut config = pod_config(&daemon, "web");
     config.port_mappings = vec![cri::PortMapping {
         protocol: cri::Protocol::Tcp as i32,
         container_port: 8080,
@@ -316,7 +317,7 @@ async fn a_pod_gets_its_namespaces_network_and_files_and_leaves_nothing() {
 async fn host_network_pods_skip_cni_and_keep_the_host_hostname() {
     let daemon = Daemon::start("").await;
     // No CNI config at all: a host-network pod does not need one.
-    let mut config = pod_config("hostnet");
+    let mut config = pod_config(&daemon, "hostnet");
     let ns = config
         .linux
         .as_mut()
@@ -350,7 +351,7 @@ async fn host_network_pods_skip_cni_and_keep_the_host_hostname() {
 async fn a_shared_pid_namespace_has_its_own_pid_1() {
     let daemon = Daemon::start("").await;
     daemon.dir.write_bridge_cni_config();
-    let mut config = pod_config("shared-pid");
+    let mut config = pod_config(&daemon, "shared-pid");
     config
         .linux
         .as_mut()
@@ -392,13 +393,13 @@ async fn bad_pod_configs_are_refused_and_create_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("config"), "{}", err.message());
 
-    let mut no_name = pod_config("x");
+    let mut no_name = pod_config(&daemon, "x");
     no_name.metadata.as_mut().unwrap().name.clear();
     let err = run_pod(&daemon, no_name).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("metadata.name"), "{}", err.message());
 
-    let mut sysctl = pod_config("sysctl");
+    let mut sysctl = pod_config(&daemon, "sysctl");
     sysctl.linux.as_mut().unwrap().sysctls =
         HashMap::from([("vm.swappiness".to_string(), "10".to_string())]);
     let err = run_pod(&daemon, sysctl).await.unwrap_err();
@@ -410,7 +411,7 @@ async fn bad_pod_configs_are_refused_and_create_nothing() {
         .await
         .unwrap()
         .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config("handler")),
+            config: Some(pod_config(&daemon, "handler")),
             runtime_handler: "kata".into(),
         })
         .await
@@ -421,8 +422,12 @@ async fn bad_pod_configs_are_refused_and_create_nothing() {
     assert!(list_pods(&daemon, None).await.is_empty());
 
     // The same name twice: the holder is named.
-    let id = run_pod(&daemon, pod_config("twice")).await.unwrap();
-    let err = run_pod(&daemon, pod_config("twice")).await.unwrap_err();
+    let id = run_pod(&daemon, pod_config(&daemon, "twice"))
+        .await
+        .unwrap();
+    let err = run_pod(&daemon, pod_config(&daemon, "twice"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     assert!(err.message().contains(&id), "{}", err.message());
     remove_pod(&daemon, &id).await.unwrap();
@@ -436,7 +441,9 @@ async fn bad_pod_configs_are_refused_and_create_nothing() {
 async fn a_failing_network_undoes_everything() {
     let daemon = Daemon::start("").await;
     // No CNI config: the pod's network cannot be set up.
-    let err = run_pod(&daemon, pod_config("nonet")).await.unwrap_err();
+    let err = run_pod(&daemon, pod_config(&daemon, "nonet"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("network"), "{}", err.message());
     assert!(list_pods(&daemon, None).await.is_empty());
@@ -458,8 +465,8 @@ async fn a_failing_network_undoes_everything() {
 async fn pods_survive_a_daemon_crash_and_notice_a_dead_agent() {
     let mut daemon = Daemon::start("").await;
     daemon.dir.write_bridge_cni_config();
-    let a = run_pod(&daemon, pod_config("a")).await.unwrap();
-    let b = run_pod(&daemon, pod_config("b")).await.unwrap();
+    let a = run_pod(&daemon, pod_config(&daemon, "a")).await.unwrap();
+    let b = run_pod(&daemon, pod_config(&daemon, "b")).await.unwrap();
     let before = pod_status(&daemon, &a).await.unwrap();
     daemon.kill9();
     daemon.spawn().await;

@@ -69,8 +69,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         "cgroups detected"
     );
     let shutdown_timeout = config.shutdown_timeout();
-    let sandboxes = Sandboxes::new(store.clone(), &config.state, config.cni.clone())
-        .map_err(DaemonError::Sandboxes)?;
+    let sandboxes = Sandboxes::new(
+        store.clone(),
+        &config.state,
+        config.cni.clone(),
+        cgroups.version,
+    )
+    .map_err(DaemonError::Sandboxes)?;
     let ctx = Arc::new(Context {
         config,
         store,

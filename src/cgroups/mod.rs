@@ -3,6 +3,9 @@
 //! v2 when /sys/fs/cgroup is a cgroup2 mount; otherwise v1 (a hybrid host's empty cgroup2 mount
 //! at /sys/fs/cgroup/unified holds no controllers and is not used).
 
+pub mod resources;
+pub mod sandbox;
+
 use std::path::Path;
 
 use serde::Serialize;

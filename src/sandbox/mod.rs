@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use k8s_cri::v1 as cri;
 
 use crate::agent;
+use crate::cgroups::{self, CgroupVersion};
 use crate::config::CniConfig;
 use crate::error::{Error, Result};
 use crate::network::{self, cni};
@@ -28,6 +29,7 @@ const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Sandboxes {
     store: Arc<Store>,
+    cgroup_version: CgroupVersion,
     state_dir: PathBuf,
     cni: CniConfig,
     /// This binary, re-executed as `crius pod-agent`.
@@ -62,10 +64,16 @@ fn getrandom(buf: &mut [u8]) -> Result<()> {
 }
 
 impl Sandboxes {
-    pub fn new(store: Arc<Store>, state_dir: &Path, cni: CniConfig) -> Result<Sandboxes> {
+    pub fn new(
+        store: Arc<Store>,
+        state_dir: &Path,
+        cni: CniConfig,
+        cgroup_version: CgroupVersion,
+    ) -> Result<Sandboxes> {
         let exe = std::env::current_exe().map_err(io_error("finding the crius binary"))?;
         Ok(Sandboxes {
             store,
+            cgroup_version,
             state_dir: state_dir.to_path_buf(),
             cni,
             exe,
@@ -152,6 +160,9 @@ impl Sandboxes {
             ));
         }
         let probe = SandboxRecord::new(String::new(), config.clone(), String::new(), 0);
+        probe
+            .cgroup_parent()
+            .map_err(|reason| Error::invalid("config.linux.cgroup_parent", reason))?;
         if let Some(linux) = &config.linux {
             let mut names: Vec<&String> = linux.sysctls.keys().collect();
             names.sort();
@@ -300,6 +311,25 @@ impl Sandboxes {
         tokio::spawn(async move {
             let _ = child.wait().await;
         });
+
+        // Its cgroup, under the parent kubelet named.
+        let parent = record
+            .cgroup_parent()
+            .map_err(|reason| Error::invalid("config.linux.cgroup_parent", reason))?;
+        let cgroup = cgroups::sandbox::sandbox_path(&parent, &id);
+        let linux = record.config.linux.clone().unwrap_or_default();
+        let limits =
+            cgroups::resources::pod_total(linux.resources.as_ref(), linux.overhead.as_ref());
+        let mut pids = vec![pid];
+        pids.extend(record.pid_init.map(|p| p.pid));
+        let version = self.cgroup_version;
+        let created_from = tokio::task::block_in_place(|| {
+            cgroups::sandbox::create(version, &parent, &cgroup, limits.as_ref(), &pids)
+        })
+        .map_err(Error::Internal)?;
+        record.cgroup = Some(cgroup);
+        record.cgroup_created_from = created_from;
+        self.save(record).await?;
 
         // Pin the namespaces so they outlive the agent.
         if own.net {
@@ -466,6 +496,15 @@ impl Sandboxes {
     async fn tear_down(&self, record: &mut SandboxRecord) -> Result<()> {
         self.detach_network(record).await?;
         self.stop_agent(record).await;
+        if let Some(cgroup) = record.cgroup.clone() {
+            let parent = record.cgroup_parent().unwrap_or_default();
+            let from = record.cgroup_created_from.clone();
+            tokio::task::block_in_place(|| {
+                cgroups::sandbox::remove(&parent, &cgroup, from.as_deref())
+            })
+            .map_err(Error::Internal)?;
+            record.cgroup = None;
+        }
         let dir = self.pod_dir(&record.id);
         let mut targets = vec![self.netns_pin(&record.id)];
         targets.extend([dir.join("ns/ipc"), dir.join("ns/uts"), dir.join("shm")]);

@@ -33,6 +33,12 @@ pub struct SandboxRecord {
     pub cni_result: Option<serde_json::Value>,
     /// Whether the network is still attached (DEL not yet done).
     pub network_attached: bool,
+    /// The sandbox's own cgroup (relative path), once created.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// The topmost cgroup created on the way to the parent, which removal takes away again.
+    #[serde(default)]
+    pub cgroup_created_from: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,7 +67,19 @@ impl SandboxRecord {
             ips: vec![],
             cni_result: None,
             network_attached: false,
+            cgroup: None,
+            cgroup_created_from: None,
         }
+    }
+
+    /// The cgroup parent as a relative path (kubelet's, or the default).
+    pub fn cgroup_parent(&self) -> Result<String, String> {
+        crate::cgroups::sandbox::parent_path(
+            self.config
+                .linux
+                .as_ref()
+                .map_or("", |l| l.cgroup_parent.as_str()),
+        )
     }
 
     pub fn metadata(&self) -> cri::PodSandboxMetadata {

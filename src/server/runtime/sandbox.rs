@@ -59,6 +59,7 @@ pub fn status(
             "pid": record.agent.map(|a| a.pid),
             "pidNamespaceInit": record.pid_init.map(|a| a.pid),
             "netns": record.netns,
+            "cgroup": record.cgroup,
             "runtimeHandler": record.runtime_handler,
             "config": record.config,
             "cni": record.cni_result,
