@@ -265,6 +265,11 @@ def build_all(plain, authed):
                      [(busybox, "gzip"), (Layer().file("corrupt-me", "0123456789" * 100).raw(), "gzip")])
     record("corrupt", "crius-test/corrupt", "latest", img)
 
+    # A pause image for peers that need one (the pod benchmark runs containerd): sleeps forever.
+    img = push_image(plain, "crius-test/pause", ["latest"], [(busybox, "gzip")], fmt=DOCKER,
+                     config={"Entrypoint": ["/bin/sleep", "2147483647"]})
+    record("pause", "crius-test/pause", "latest", img)
+
     # The same busybox image on the registry that wants a password.
     img = push_image(authed, "crius-test/private", ["latest"], [(busybox, "gzip")], fmt=DOCKER,
                      config={"Cmd": ["sh"], "Labels": {"private": "yes"}})

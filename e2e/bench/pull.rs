@@ -8,14 +8,16 @@
 #[path = "../harness.rs"]
 #[allow(dead_code)]
 mod harness;
+#[allow(dead_code)]
+mod peer;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
 
-use harness::{Daemon, TestDir};
+use harness::Daemon;
+use peer::{Containerd, median};
 
 const RUNS: usize = 5;
 
@@ -50,95 +52,6 @@ async fn timed_pull(socket: &Path, image: &str) -> Duration {
     started.elapsed()
 }
 
-struct Containerd {
-    child: Option<Child>,
-    dir: TestDir,
-}
-
-impl Containerd {
-    async fn start(registry: &str) -> Containerd {
-        let dir = TestDir::new();
-        let config = dir.path().join("containerd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = {root:?}\nstate = {state:?}\n\
-                 [grpc]\n  address = {sock:?}\n\
-                 [ttrpc]\n  address = {ttrpc:?}\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{registry}\"]\n  endpoint = [\"http://{registry}\"]\n",
-                root = dir.root(),
-                state = dir.state(),
-                sock = dir.path().join("containerd.sock"),
-                ttrpc = dir.path().join("containerd.sock.ttrpc"),
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("containerd (apt-get install containerd)");
-        let socket = dir.path().join("containerd.sock");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if socket.exists() && harness::connect(&socket).await.is_ok() {
-                let channel = harness::connect(&socket).await.unwrap();
-                let ok = cri::runtime_service_client::RuntimeServiceClient::new(channel)
-                    .version(cri::VersionRequest::default())
-                    .await
-                    .is_ok();
-                if ok {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "containerd did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Containerd {
-            child: Some(child),
-            dir,
-        }
-    }
-
-    /// Stops containerd and unmounts what it left mounted; the files stay until drop.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = child.wait();
-        }
-        let root = self.dir.root().display().to_string();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for line in mounts.lines().rev() {
-            if let Some(point) = line.split_whitespace().nth(4)
-                && point.starts_with(&root)
-            {
-                let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
-    }
-
-    fn socket(&self) -> std::path::PathBuf {
-        self.dir.path().join("containerd.sock")
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn secs(d: Duration) -> String {
     format!("{:.3}s", d.as_secs_f64())
 }
@@ -158,7 +71,7 @@ async fn main() {
         crius.stop();
         crius_times.push(t);
 
-        let mut containerd = Containerd::start(&registry).await;
+        let mut containerd = Containerd::start(&registry, "").await;
         let c = timed_pull(&containerd.socket(), &image).await;
         containerd.stop();
         containerd_times.push(c);

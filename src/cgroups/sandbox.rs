@@ -42,96 +42,70 @@ fn exists(path: &str) -> bool {
     Cgroup::load(hierarchies::auto(), path).exists()
 }
 
-/// The topmost missing directory on the way to `path`, which creating `path` would create.
-fn first_missing(path: &str) -> Option<String> {
+/// The directories creating `path` would create, top-down.
+pub fn missing_on_the_way(path: &str) -> Vec<String> {
     let mut current = String::new();
+    let mut missing = Vec::new();
     for part in path.split('/') {
         if !current.is_empty() {
             current.push('/');
         }
         current.push_str(part);
-        if !exists(&current) {
-            return Some(current);
+        if !missing.is_empty() || !exists(&current) {
+            missing.push(current.clone());
         }
     }
-    None
+    missing
 }
 
 /// Creates the sandbox cgroup (and the parent when missing, with the pod's limits) and moves
-/// `pids` into it. Returns the topmost cgroup created on the way to the parent, if any: what
-/// removal takes away again.
+/// `pids` into it. The caller learns which parent cgroups are new from `missing_on_the_way`,
+/// called before, and owns them from then on.
 pub fn create(
     version: CgroupVersion,
     parent: &str,
     sandbox: &str,
     limits: Option<&cri::LinuxContainerResources>,
     pids: &[i32],
-) -> Result<Option<String>, String> {
-    let created_from = first_missing(parent);
-    if created_from.is_some() {
+) -> Result<(), String> {
+    if !exists(parent) {
         let cg = Cgroup::new(hierarchies::auto(), parent)
             .map_err(|e| format!("creating cgroup {parent}: {e}"))?;
         if let Some(limits) = limits
             && let Err(e) = cg.apply(&resources::from_cri(version, limits))
         {
-            let _ = cg.delete();
             return Err(format!("setting the limits of cgroup {parent}: {e}"));
         }
     }
-    let undo = |message: String| {
-        let _ = remove(parent, sandbox, created_from.as_deref());
-        message
-    };
     let cg = Cgroup::new(hierarchies::auto(), sandbox)
-        .map_err(|e| undo(format!("creating cgroup {sandbox}: {e}")))?;
+        .map_err(|e| format!("creating cgroup {sandbox}: {e}"))?;
     for pid in pids {
         cg.add_task_by_tgid(CgroupPid::from(*pid as u64))
-            .map_err(|e| undo(format!("moving pid {pid} into cgroup {sandbox}: {e}")))?;
+            .map_err(|e| format!("moving pid {pid} into cgroup {sandbox}: {e}"))?;
     }
-    Ok(created_from)
+    Ok(())
 }
 
-/// Removes the sandbox cgroup (its processes must be gone or going) and, when this runtime
-/// created the parent, the parent and its ancestors up to `created_from` while they are empty.
-/// Idempotent.
-pub fn remove(parent: &str, sandbox: &str, created_from: Option<&str>) -> Result<(), String> {
+/// Removes a cgroup whose processes are gone or going. Idempotent.
+pub fn remove(path: &str) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if !exists(sandbox) {
-            break;
-        }
+    while exists(path) {
         // rmdir fails with EBUSY while exiting tasks are still being torn down.
-        match Cgroup::load(hierarchies::auto(), sandbox).delete() {
-            Ok(()) if !exists(sandbox) => break,
-            Ok(()) => {}
-            Err(e) if Instant::now() > deadline => {
-                return Err(format!("removing cgroup {sandbox}: {e}"));
-            }
-            Err(_) => {}
+        if let Err(e) = Cgroup::load(hierarchies::auto(), path).delete()
+            && Instant::now() > deadline
+        {
+            return Err(format!("removing cgroup {path}: {e}"));
         }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    if let Some(top) = created_from {
-        // Another pod may still use them: then rmdir fails and they stay.
-        let mut current = parent.to_string();
-        loop {
-            if exists(&current)
-                && Cgroup::load(hierarchies::auto(), current.as_str())
-                    .delete()
-                    .is_err()
-            {
-                break;
-            }
-            if current == top {
-                break;
-            }
-            match current.rsplit_once('/') {
-                Some((up, _)) => current = up.to_string(),
-                None => break,
-            }
+        if exists(path) {
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
     Ok(())
+}
+
+/// Removes `path` if it holds no cgroup and no process; false when it stays.
+pub fn remove_if_empty(path: &str) -> bool {
+    !exists(path) || (Cgroup::load(hierarchies::auto(), path).delete().is_ok() && !exists(path))
 }
 
 #[cfg(test)]

@@ -34,7 +34,8 @@ pub struct Sandboxes {
     cni: CniConfig,
     /// This binary, re-executed as `crius pod-agent`.
     exe: PathBuf,
-    /// Name reservation and record creation happen under it, so two pods never share a name.
+    /// Name reservation, and the creation and removal of parent cgroups, happen under it: two
+    /// pods never share a name, and a parent is never removed while a pod moves into it.
     create_lock: tokio::sync::Mutex<()>,
 }
 
@@ -323,13 +324,19 @@ impl Sandboxes {
         let mut pids = vec![pid];
         pids.extend(record.pid_init.map(|p| p.pid));
         let version = self.cgroup_version;
-        let created_from = tokio::task::block_in_place(|| {
-            cgroups::sandbox::create(version, &parent, &cgroup, limits.as_ref(), &pids)
-        })
-        .map_err(Error::Internal)?;
-        record.cgroup = Some(cgroup);
-        record.cgroup_created_from = created_from;
-        self.save(record).await?;
+        {
+            // Under the lock that removal of unused parents takes, so it never removes a parent
+            // this pod is about to use.
+            let _cgroups = self.create_lock.lock().await;
+            let new_parents = cgroups::sandbox::missing_on_the_way(&parent);
+            self.own_cgroups(&new_parents).await?;
+            record.cgroup = Some(cgroup.clone());
+            self.save(record).await?;
+            tokio::task::block_in_place(|| {
+                cgroups::sandbox::create(version, &parent, &cgroup, limits.as_ref(), &pids)
+            })
+            .map_err(Error::Internal)?;
+        }
 
         // Pin the namespaces so they outlive the agent.
         if own.net {
@@ -497,13 +504,11 @@ impl Sandboxes {
         self.detach_network(record).await?;
         self.stop_agent(record).await;
         if let Some(cgroup) = record.cgroup.clone() {
-            let parent = record.cgroup_parent().unwrap_or_default();
-            let from = record.cgroup_created_from.clone();
-            tokio::task::block_in_place(|| {
-                cgroups::sandbox::remove(&parent, &cgroup, from.as_deref())
-            })
-            .map_err(Error::Internal)?;
+            tokio::task::block_in_place(|| cgroups::sandbox::remove(&cgroup))
+                .map_err(Error::Internal)?;
             record.cgroup = None;
+            self.release_parent_cgroups(&record.cgroup_parent().unwrap_or_default())
+                .await?;
         }
         let dir = self.pod_dir(&record.id);
         let mut targets = vec![self.netns_pin(&record.id)];
@@ -521,6 +526,58 @@ impl Sandboxes {
         }
         record.netns = None;
         Ok(())
+    }
+
+    /// Records parent cgroups about to be created here, so they are removed once unused. Recorded
+    /// first: a crash in between leaves a row for a cgroup that may not exist, which is harmless.
+    async fn own_cgroups(&self, paths: &[String]) -> Result<()> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let paths = paths.to_vec();
+        self.store
+            .transaction(move |tx| {
+                for p in &paths {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO created_cgroups (path) VALUES (?1)",
+                        [p],
+                    )?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Removes the parent cgroups this runtime created, bottom-up, while they are empty.
+    async fn release_parent_cgroups(&self, parent: &str) -> Result<()> {
+        let _creating = self.create_lock.lock().await;
+        let mut current = parent.to_string();
+        loop {
+            let ours: bool = self.store.read(|c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM created_cgroups WHERE path = ?1",
+                    [&current],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n > 0)
+            })?;
+            if !ours || !tokio::task::block_in_place(|| cgroups::sandbox::remove_if_empty(&current))
+            {
+                return Ok(());
+            }
+            let path = current.clone();
+            self.store
+                .transaction(move |tx| {
+                    tx.execute("DELETE FROM created_cgroups WHERE path = ?1", [path])
+                        .map(|_| ())
+                })
+                .await?;
+            match current.rsplit_once('/') {
+                Some((up, _)) => current = up.to_string(),
+                None => return Ok(()),
+            }
+        }
     }
 
     /// RemovePodSandbox: everything the pod made goes, then its record. Idempotent.

@@ -36,9 +36,6 @@ pub struct SandboxRecord {
     /// The sandbox's own cgroup (relative path), once created.
     #[serde(default)]
     pub cgroup: Option<String>,
-    /// The topmost cgroup created on the way to the parent, which removal takes away again.
-    #[serde(default)]
-    pub cgroup_created_from: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,7 +65,6 @@ impl SandboxRecord {
             cni_result: None,
             network_attached: false,
             cgroup: None,
-            cgroup_created_from: None,
         }
     }
 

@@ -52,6 +52,13 @@ pub const MIGRATIONS: &[&str] = &[
         media_type TEXT NOT NULL
     );
     ",
+    // v3: parent cgroups the runtime created (kubelet had not), which it removes again once no
+    // pod uses them.
+    "
+    CREATE TABLE created_cgroups (
+        path TEXT PRIMARY KEY
+    );
+    ",
 ];
 
 /// The version a fully migrated database has.

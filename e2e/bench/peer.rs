@@ -1,0 +1,133 @@
+//! The peer the benchmarks measure against: Debian's containerd 1.6 with runc, on its own
+//! temporary root, state and socket, with the registry mirror, CNI config and pause image the
+//! benchmark gives it.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+
+use crate::harness::{self, TestDir};
+
+pub struct Containerd {
+    child: Option<Child>,
+    pub dir: TestDir,
+}
+
+impl Containerd {
+    /// `extra_cri` is appended inside the CRI plugin's section.
+    pub async fn start(registry: &str, extra_cri: &str) -> Containerd {
+        let dir = TestDir::new();
+        let config = dir.path().join("containerd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = {root:?}\nstate = {state:?}\n\
+                 [grpc]\n  address = {sock:?}\n\
+                 [ttrpc]\n  address = {ttrpc:?}\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\"]\n{extra_cri}\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{registry}\"]\n  endpoint = [\"http://{registry}\"]\n",
+                root = dir.root(),
+                state = dir.state(),
+                sock = dir.path().join("containerd.sock"),
+                ttrpc = dir.path().join("containerd.sock.ttrpc"),
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("containerd (apt-get install containerd)");
+        let socket = dir.path().join("containerd.sock");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if socket.exists()
+                && let Ok(channel) = harness::connect(&socket).await
+                && cri::runtime_service_client::RuntimeServiceClient::new(channel)
+                    .version(cri::VersionRequest::default())
+                    .await
+                    .is_ok()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "containerd did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Containerd {
+            child: Some(child),
+            dir,
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Stops containerd and unmounts what it left mounted; the files stay until drop.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+        let root = self.dir.root().display().to_string();
+        let state = self.dir.state().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mounts.lines().rev() {
+            if let Some(point) = line.split_whitespace().nth(4)
+                && (point.starts_with(&root) || point.starts_with(&state))
+            {
+                let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+pub fn p90(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[(v.len() * 9 / 10).min(v.len() - 1)]
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.2}ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// PIDs of processes whose command line contains `needle`.
+pub fn pids_of(needle: &str) -> Vec<u32> {
+    harness::processes_mentioning(needle)
+        .into_iter()
+        .map(|(pid, _)| pid as u32)
+        .collect()
+}

@@ -1,0 +1,197 @@
+//! Pod benchmark: RunPodSandbox (CNI bridge) and StopPodSandbox+RemovePodSandbox latency, and
+//! the memory of the runtime with 10 and 100 pods running — crius next to containerd 1.6 + runc
+//! (its own root and socket, the same CNI plugins, a pause image from the local registry), in
+//! the same run. Prints medians, p90s and RSS; asserts nothing.
+//!
+//! Run with `bash hack/bench.sh`.
+
+#[path = "../harness.rs"]
+#[allow(dead_code)]
+mod harness;
+#[allow(dead_code)]
+mod peer;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+
+use harness::{Daemon, TestDir};
+use peer::{Containerd, median, ms, p90, pids_of, rss_kib};
+
+const TIMED_PODS: usize = 20;
+
+fn config(n: usize, dir: &TestDir) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: format!("bench-{n}"),
+            namespace: "bench".into(),
+            uid: format!("uid-{n}"),
+            attempt: 0,
+        }),
+        hostname: format!("bench-{n}"),
+        log_directory: dir.path().join("logs").display().to_string(),
+        labels: HashMap::from([("bench".into(), "pods".into())]),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: dir.cgroup_parent(&format!("{n}")),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+struct Measured {
+    run: Vec<Duration>,
+    stop_remove: Vec<Duration>,
+    rss: Vec<(usize, u64, u64)>, // (pods, runtime KiB, per-pod KiB)
+}
+
+/// Runs the whole scenario against one runtime's socket. `per_pod` measures the per-pod
+/// processes' memory; `runtime_rss` the runtime daemon's.
+async fn scenario(
+    socket: &Path,
+    dir: &TestDir,
+    runtime_rss: impl Fn() -> u64,
+    per_pod: impl Fn() -> u64,
+) -> Measured {
+    let channel = harness::connect(socket).await.unwrap();
+    let mut rt = cri::runtime_service_client::RuntimeServiceClient::new(channel);
+    let mut m = Measured {
+        run: vec![],
+        stop_remove: vec![],
+        rss: vec![],
+    };
+    let mut ids = Vec::new();
+    for n in 0..100 {
+        let started = Instant::now();
+        let id = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config(n, dir)),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox {n}: {e:?}"))
+            .into_inner()
+            .pod_sandbox_id;
+        if n < TIMED_PODS {
+            m.run.push(started.elapsed());
+        }
+        ids.push(id);
+        if n + 1 == 10 || n + 1 == 100 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            m.rss
+                .push((n + 1, runtime_rss(), per_pod() / (n as u64 + 1)));
+        }
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let started = Instant::now();
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        if n < TIMED_PODS {
+            m.stop_remove.push(started.elapsed());
+        }
+    }
+    m
+}
+
+fn report(name: &str, m: &Measured) {
+    println!(
+        "{name}: RunPodSandbox median {} p90 {}; Stop+Remove median {} p90 {}",
+        ms(median(m.run.clone())),
+        ms(p90(m.run.clone())),
+        ms(median(m.stop_remove.clone())),
+        ms(p90(m.stop_remove.clone()))
+    );
+    for (pods, runtime, per_pod) in &m.rss {
+        println!(
+            "{name}: {pods} pods: runtime RSS {runtime} KiB, per-pod processes {per_pod} KiB each"
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let path = std::env::var("CRIUS_TEST_IMAGES").expect("run through hack/bench.sh");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let registry = meta["registry"].as_str().unwrap().to_string();
+    let pause = meta["images"]["pause"]["ref"].as_str().unwrap().to_string();
+
+    // crius
+    let daemon = Daemon::start("").await;
+    daemon.dir.write_bridge_cni_config();
+    let daemon_pid = daemon.pid().as_raw() as u32;
+    let agents_of = daemon.dir.state().join("agents").display().to_string();
+    let crius = scenario(
+        &daemon.socket(),
+        &daemon.dir,
+        || rss_kib(daemon_pid),
+        || pids_of(&agents_of).into_iter().map(rss_kib).sum(),
+    )
+    .await;
+    drop(daemon);
+
+    // containerd 1.6 + runc: same CNI plugins, its own bridge network.
+    let net_dir = TestDir::new();
+    net_dir.write_bridge_cni_config();
+    let cri_config = format!(
+        "  sandbox_image = \"{pause}\"\n  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n    bin_dir = \"/usr/lib/cni\"\n    conf_dir = {:?}\n",
+        net_dir.cni_conf_dir()
+    );
+    let mut containerd = Containerd::start(&registry, &cri_config).await;
+    let channel = harness::connect(&containerd.socket()).await.unwrap();
+    cri::image_service_client::ImageServiceClient::new(channel)
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: pause.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull the pause image");
+    let containerd_pid = containerd.pid().unwrap();
+    let state = containerd.dir.state().display().to_string();
+    let theirs = scenario(
+        &containerd.socket(),
+        &net_dir,
+        || rss_kib(containerd_pid),
+        // Each pod: a containerd-shim-runc-v2 and its pause process.
+        || {
+            let shims = pids_of("containerd-shim-runc-v2");
+            let pauses = pids_of("2147483647");
+            shims.into_iter().chain(pauses).map(rss_kib).sum()
+        },
+    )
+    .await;
+    let _ = state;
+    containerd.stop();
+
+    report("crius", &crius);
+    report("containerd 1.6", &theirs);
+    let ratio = |a: Duration, b: Duration| b.as_secs_f64() / a.as_secs_f64();
+    println!(
+        "containerd/crius: RunPodSandbox {:.1}x, Stop+Remove {:.1}x",
+        ratio(median(crius.run.clone()), median(theirs.run.clone())),
+        ratio(
+            median(crius.stop_remove.clone()),
+            median(theirs.stop_remove.clone())
+        )
+    );
+}
