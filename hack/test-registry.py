@@ -87,8 +87,10 @@ class Layer:
         self.tar.addfile(self._info(name, tarfile.SYMTYPE, 0o777, linkname=target))
         return self
 
-    def hardlink(self, name, target):
-        self.tar.addfile(self._info(name, tarfile.LNKTYPE, 0o644, linkname=target))
+    def hardlink(self, name, target, mode=0o644):
+        # A hard link's header mode should be its target's: some unpackers apply it to the
+        # shared inode.
+        self.tar.addfile(self._info(name, tarfile.LNKTYPE, mode, linkname=target))
         return self
 
     def chardev(self, name, major, minor):
@@ -109,7 +111,7 @@ def busybox_layer():
     l.file("bin/busybox", bb, mode=0o755)
     for a in sorted(set(applets)):
         if a != "busybox":
-            l.hardlink("bin/" + a, "bin/busybox")
+            l.hardlink("bin/" + a, "bin/busybox", mode=0o755)
     l.file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/bin/false\n"
                          "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
     l.file("etc/group", "root:x:0:\nwww-data:x:33:\nnogroup:x:65534:\n")
@@ -237,7 +239,7 @@ def build_all(plain, authed):
     l3 = Layer().dir("data").file("data/.wh.a", "").dir("opaque").file("opaque/.wh..wh..opq", "").file("opaque/z", "z\n")
     l3 = l3.raw()
     l4 = (Layer().file("zstd-file", "from a zstd layer\n", mode=0o4755)
-          .hardlink("zstd-link", "zstd-file").symlink("to-data", "data/b").raw())
+          .hardlink("zstd-link", "zstd-file", mode=0o4755).symlink("to-data", "data/b").raw())
     l5b = Layer()
     ti = l5b._info("xattr-file", tarfile.REGTYPE, 0o644)
     ti.pax_headers = {"SCHILY.xattr.user.crius": "test"}

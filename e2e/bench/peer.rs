@@ -124,6 +124,17 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Proportional memory of a process (shared pages divided among their users), in KiB: what a
+/// process really costs when many share one binary.
+pub fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// PIDs of processes whose command line contains `needle`.
 pub fn pids_of(needle: &str) -> Vec<u32> {
     harness::processes_mentioning(needle)

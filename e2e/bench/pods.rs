@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1 as cri;
 
 use harness::{Daemon, TestDir};
-use peer::{Containerd, median, ms, p90, pids_of, rss_kib};
+use peer::{Containerd, median, ms, p90, pids_of, pss_kib, rss_kib};
 
 const TIMED_PODS: usize = 20;
 
@@ -51,7 +51,8 @@ fn config(n: usize, dir: &TestDir) -> cri::PodSandboxConfig {
 struct Measured {
     run: Vec<Duration>,
     stop_remove: Vec<Duration>,
-    rss: Vec<(usize, u64, u64)>, // (pods, runtime KiB, per-pod KiB)
+    /// (pods, runtime RSS KiB, per-pod RSS KiB, per-pod PSS KiB)
+    rss: Vec<(usize, u64, u64, u64)>,
 }
 
 /// Runs the whole scenario against one runtime's socket. `per_pod` measures the per-pod
@@ -60,7 +61,7 @@ async fn scenario(
     socket: &Path,
     dir: &TestDir,
     runtime_rss: impl Fn() -> u64,
-    per_pod: impl Fn() -> u64,
+    per_pod: impl Fn() -> Vec<u32>,
 ) -> Result<Measured, String> {
     let channel = harness::connect(socket).await.unwrap();
     let mut rt = cri::runtime_service_client::RuntimeServiceClient::new(channel);
@@ -87,8 +88,11 @@ async fn scenario(
         ids.push(id);
         if n + 1 == 10 || n + 1 == 100 {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            m.rss
-                .push((n + 1, runtime_rss(), per_pod() / (n as u64 + 1)));
+            let pods = n as u64 + 1;
+            let pids = per_pod();
+            let rss: u64 = pids.iter().map(|p| rss_kib(*p)).sum();
+            let pss: u64 = pids.iter().map(|p| pss_kib(*p)).sum();
+            m.rss.push((n + 1, runtime_rss(), rss / pods, pss / pods));
         }
     }
     for (n, id) in ids.iter().enumerate() {
@@ -118,9 +122,9 @@ fn report(name: &str, m: &Measured) {
         ms(median(m.stop_remove.clone())),
         ms(p90(m.stop_remove.clone()))
     );
-    for (pods, runtime, per_pod) in &m.rss {
+    for (pods, runtime, rss, pss) in &m.rss {
         println!(
-            "{name}: {pods} pods: runtime RSS {runtime} KiB, per-pod processes {per_pod} KiB each"
+            "{name}: {pods} pods: runtime RSS {runtime} KiB; per pod: RSS {rss} KiB, PSS {pss} KiB"
         );
     }
 }
@@ -142,7 +146,7 @@ async fn main() {
         &daemon.socket(),
         &daemon.dir,
         || rss_kib(daemon_pid),
-        || pids_of(&agents_of).into_iter().map(rss_kib).sum(),
+        || pids_of(&agents_of),
     )
     .await
     .expect("crius");
@@ -153,7 +157,7 @@ async fn main() {
     let net_dir = TestDir::new();
     net_dir.write_bridge_cni_config();
     let cri_config = format!(
-        "  sandbox_image = \"{pause}\"\n  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n    bin_dir = \"/usr/lib/cni\"\n    conf_dir = {:?}\n",
+        "  restrict_oom_score_adj = true\n  sandbox_image = \"{pause}\"\n  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n    bin_dir = \"/usr/lib/cni\"\n    conf_dir = {:?}\n",
         net_dir.cni_conf_dir()
     );
     let mut containerd = Containerd::start(&registry, &cri_config).await;
@@ -176,9 +180,9 @@ async fn main() {
         || rss_kib(containerd_pid),
         // Each pod: a containerd-shim-runc-v2 and its pause process.
         || {
-            let shims = pids_of("containerd-shim-runc-v2");
-            let pauses = pids_of("2147483647");
-            shims.into_iter().chain(pauses).map(rss_kib).sum()
+            let mut pids = pids_of("containerd-shim-runc-v2");
+            pids.extend(pids_of("2147483647"));
+            pids
         },
     )
     .await;
