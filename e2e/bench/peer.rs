@@ -100,6 +100,29 @@ impl Drop for Containerd {
     }
 }
 
+/// Removes a cgroup tree bottom-up in every hierarchy (containerd leaves the parents kubelet
+/// would own).
+pub fn remove_cgroup_tree(top: &str) {
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        remove_dirs_bottom_up(&hierarchy.path().join(top.trim_start_matches('/')));
+    }
+}
+
+fn remove_dirs_bottom_up(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                remove_dirs_bottom_up(&e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
 pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1 as cri;
 
 use harness::{Daemon, TestDir};
-use peer::{Containerd, median, ms, p90, pids_of, pss_kib, rss_kib};
+use peer::{Containerd, median, ms, p90, pids_of, pss_kib, remove_cgroup_tree, rss_kib};
 
 const TIMED_PODS: usize = 20;
 
@@ -188,6 +188,15 @@ async fn main() {
     .await;
     let _ = state;
     containerd.stop();
+    // The top of the cgroup parents the containerd pods used.
+    let parent = net_dir.cgroup_parent("x");
+    remove_cgroup_tree(
+        parent
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default(),
+    );
     let theirs = match theirs {
         Ok(m) => m,
         Err(e) => {

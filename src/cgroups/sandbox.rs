@@ -103,9 +103,40 @@ pub fn remove(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Removes `path` if it holds no cgroup and no process; false when it stays.
+/// Removes `path` if it holds no cgroup and no process in any hierarchy; false when it stays.
+/// Checked first and without retries (cgroups-rs would sleep 150 ms on a busy parent).
 pub fn remove_if_empty(path: &str) -> bool {
-    !exists(path) || (Cgroup::load(hierarchies::auto(), path).delete().is_ok() && !exists(path))
+    let dirs: Vec<std::path::PathBuf> = hierarchy_mounts().iter().map(|m| m.join(path)).collect();
+    let busy = |dir: &std::path::PathBuf| {
+        let has_children = std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().any(|e| e.path().is_dir()))
+            .unwrap_or(false);
+        let has_procs = std::fs::read_to_string(dir.join("cgroup.procs"))
+            .map(|p| !p.trim().is_empty())
+            .unwrap_or(false);
+        has_children || has_procs
+    };
+    if dirs.iter().any(busy) {
+        return false;
+    }
+    dirs.iter()
+        .all(|d| std::fs::remove_dir(d).is_ok() || !d.exists())
+}
+
+/// Mount points of the hierarchies cgroups are made in: every v1 hierarchy, or the v2 root.
+fn hierarchy_mounts() -> Vec<std::path::PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let v2 = hierarchies::is_cgroup2_unified_mode();
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (head, tail) = line.split_once(" - ")?;
+            let fstype = tail.split_whitespace().next()?;
+            let wanted = if v2 { "cgroup2" } else { "cgroup" };
+            let point = head.split_whitespace().nth(4)?;
+            (fstype == wanted).then(|| std::path::PathBuf::from(point))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -419,8 +419,16 @@ impl Sandboxes {
     }
 
     async fn stop_record(&self, record: &mut SandboxRecord) -> Result<()> {
+        let started = Instant::now();
         self.detach_network(record).await?;
+        let network_us = started.elapsed().as_micros() as u64;
         self.stop_agent(record).await;
+        tracing::debug!(
+            pod_id = %record.id,
+            network_us,
+            agent_us = started.elapsed().as_micros() as u64 - network_us,
+            "pod stopped"
+        );
         record.state = SandboxState::NotReady;
         self.save(record).await
     }
