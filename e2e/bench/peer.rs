@@ -139,21 +139,21 @@ pub fn ms(d: Duration) -> String {
 
 /// Resident memory of a process, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    kib_field(&format!("/proc/{pid}/status"), "VmRSS:")
 }
 
 /// Proportional memory of a process (shared pages divided among their users), in KiB: what a
 /// process really costs when many share one binary.
 pub fn pss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+    kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
+}
+
+/// The number after `key` in a /proc file of `key value kB` lines.
+fn kib_field(path: &str, key: &str) -> u64 {
+    std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
