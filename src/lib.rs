@@ -4,6 +4,7 @@ pub mod agent;
 pub mod cgroups;
 pub mod check;
 pub mod config;
+pub mod container;
 pub mod context;
 pub mod daemon;
 pub mod error;
