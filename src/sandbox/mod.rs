@@ -228,9 +228,9 @@ impl Sandboxes {
         }
     }
 
+    /// The steps of RunPodSandbox, each recorded as it is made so `tear_down` can undo it.
     async fn set_up(&self, record: &mut SandboxRecord) -> Result<()> {
-        let id = record.id.clone();
-        let dir = self.pod_dir(&id);
+        let dir = self.pod_dir(&record.id);
         std::fs::create_dir_all(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
         let own = pod::OwnNamespaces {
             net: !record.host_network(),
@@ -247,15 +247,32 @@ impl Sandboxes {
                 .unwrap_or_default()
         };
         self.write_files(record, &hostname, &[])?;
+        let pid = self.start_agent(record, own, &hostname).await?;
+        self.place_in_cgroup(record, pid).await?;
+        self.pin_namespaces(record, pid, own).await?;
+        if let Some(netns) = record.netns.clone() {
+            self.attach_network(record, &netns, &hostname).await?;
+        }
+        record.state = SandboxState::Ready;
+        self.save(record).await?;
+        tracing::info!(pod_id = %record.id, ips = ?record.ips, "pod sandbox ready");
+        Ok(())
+    }
 
-        // The agent, in the pod's new namespaces.
-        let socket = self.agent_socket(&id);
+    /// Starts the agent in the pod's new namespaces and waits until it serves; returns its pid.
+    async fn start_agent(
+        &self,
+        record: &mut SandboxRecord,
+        own: pod::OwnNamespaces,
+        hostname: &str,
+    ) -> Result<i32> {
+        let socket = self.agent_socket(&record.id);
         if let Some(parent) = socket.parent() {
             std::fs::create_dir_all(parent).map_err(io_error("creating the agents dir"))?;
         }
         let mut args = vec!["--socket".to_string(), socket.display().to_string()];
         if own.uts {
-            args.extend(["--hostname".to_string(), hostname.clone()]);
+            args.extend(["--hostname".to_string(), hostname.to_string()]);
         }
         if own.net {
             args.push("--loopback".to_string());
@@ -270,14 +287,13 @@ impl Sandboxes {
                 args.extend(["--sysctl".to_string(), format!("{k}={v}")]);
             }
         }
-        let log_path = dir.join("agent.log");
+        let log_path = self.pod_dir(&record.id).join("agent.log");
         let log = std::fs::File::create(&log_path).map_err(io_error("creating the agent log"))?;
         let mut child = pod::spawn_agent(&self.exe, &args, own, log)
             .map_err(io_error("starting the pod agent"))?;
         let pid = child.id().unwrap_or_default() as i32;
         record.agent = record::start_time(pid).map(|start_time| AgentProcess { pid, start_time });
         self.save(record).await?;
-        // Wait for it to serve, or to fail.
         let deadline = Instant::now() + AGENT_START_TIMEOUT;
         loop {
             if let Ok(answer) = agent::client::ping(&socket).await {
@@ -312,35 +328,44 @@ impl Sandboxes {
         tokio::spawn(async move {
             let _ = child.wait().await;
         });
+        Ok(pid)
+    }
 
-        // Its cgroup, under the parent kubelet named.
+    /// Moves the agent (and the pod's PID 1) into the sandbox's cgroup under kubelet's parent.
+    async fn place_in_cgroup(&self, record: &mut SandboxRecord, pid: i32) -> Result<()> {
         let parent = record
             .cgroup_parent()
             .map_err(|reason| Error::invalid("config.linux.cgroup_parent", reason))?;
-        let cgroup = cgroups::sandbox::sandbox_path(&parent, &id);
+        let cgroup = cgroups::sandbox::sandbox_path(&parent, &record.id);
         let linux = record.config.linux.clone().unwrap_or_default();
         let limits =
             cgroups::resources::pod_total(linux.resources.as_ref(), linux.overhead.as_ref());
         let mut pids = vec![pid];
         pids.extend(record.pid_init.map(|p| p.pid));
         let version = self.cgroup_version;
-        {
-            // Under the lock that removal of unused parents takes, so it never removes a parent
-            // this pod is about to use.
-            let _cgroups = self.create_lock.lock().await;
-            let new_parents = cgroups::sandbox::missing_on_the_way(&parent);
-            self.own_cgroups(&new_parents).await?;
-            record.cgroup = Some(cgroup.clone());
-            self.save(record).await?;
-            tokio::task::block_in_place(|| {
-                cgroups::sandbox::create(version, &parent, &cgroup, limits.as_ref(), &pids)
-            })
-            .map_err(Error::Internal)?;
-        }
+        // Under the lock that removal of unused parents takes, so it never removes a parent
+        // this pod is about to use.
+        let _cgroups = self.create_lock.lock().await;
+        let new_parents = cgroups::sandbox::missing_on_the_way(&parent);
+        self.own_cgroups(&new_parents).await?;
+        record.cgroup = Some(cgroup.clone());
+        self.save(record).await?;
+        tokio::task::block_in_place(|| {
+            cgroups::sandbox::create(version, &parent, &cgroup, limits.as_ref(), &pids)
+        })
+        .map_err(Error::Internal)
+    }
 
-        // Pin the namespaces so they outlive the agent.
+    /// Pins the agent's namespaces so they outlive it, and mounts the pod's /dev/shm.
+    async fn pin_namespaces(
+        &self,
+        record: &mut SandboxRecord,
+        pid: i32,
+        own: pod::OwnNamespaces,
+    ) -> Result<()> {
+        let dir = self.pod_dir(&record.id);
         if own.net {
-            let pin = self.netns_pin(&id);
+            let pin = self.netns_pin(&record.id);
             pod::pin_namespace(pid, "net", &pin)
                 .map_err(io_error("pinning the network namespace"))?;
             record.netns = Some(pin);
@@ -354,32 +379,33 @@ impl Sandboxes {
             pod::pin_namespace(pid, "uts", &dir.join("ns/uts"))
                 .map_err(io_error("pinning the UTS namespace"))?;
         }
-        self.save(record).await?;
+        self.save(record).await
+    }
 
-        if let Some(netns) = record.netns.clone() {
-            let network = network::discover(&self.cni.conf_dir, &self.cni.bin_dirs)
-                .map_err(|e| Error::FailedPrecondition(format!("network plugin not ready: {e}")))?;
-            let cni = cni::Cni {
-                network: &network,
-                bin_dirs: &self.cni.bin_dirs,
-            };
-            // Recorded before ADD: a crash during ADD still gets its DEL.
-            record.network_attached = true;
-            record.cni_result = Some(serde_json::json!({ "network": network }));
-            self.save(record).await?;
-            let result = tokio::task::block_in_place(|| {
-                cni.add(&identity(record), &netns, &capabilities(&record.config))
-            })
-            .map_err(|e| Error::FailedPrecondition(format!("pod network: {e}")))?;
-            record.ips = result.ips.iter().map(|ip| ip.to_string()).collect();
-            record.cni_result =
-                Some(serde_json::json!({ "network": network, "result": result.raw }));
-            self.write_files(record, &hostname, &result.ips)?;
-        }
-        record.state = SandboxState::Ready;
+    /// CNI ADD on the pinned network namespace; the pod's IPs go into its record and hosts file.
+    async fn attach_network(
+        &self,
+        record: &mut SandboxRecord,
+        netns: &Path,
+        hostname: &str,
+    ) -> Result<()> {
+        let network = network::discover(&self.cni.conf_dir, &self.cni.bin_dirs)
+            .map_err(|e| Error::FailedPrecondition(format!("network plugin not ready: {e}")))?;
+        let cni = cni::Cni {
+            network: &network,
+            bin_dirs: &self.cni.bin_dirs,
+        };
+        // Recorded before ADD: a crash during ADD still gets its DEL.
+        record.network_attached = true;
+        record.cni_result = Some(serde_json::json!({ "network": network }));
         self.save(record).await?;
-        tracing::info!(pod_id = %record.id, ips = ?record.ips, "pod sandbox ready");
-        Ok(())
+        let result = tokio::task::block_in_place(|| {
+            cni.add(&identity(record), netns, &capabilities(&record.config))
+        })
+        .map_err(|e| Error::FailedPrecondition(format!("pod network: {e}")))?;
+        record.ips = result.ips.iter().map(|ip| ip.to_string()).collect();
+        record.cni_result = Some(serde_json::json!({ "network": network, "result": result.raw }));
+        self.write_files(record, hostname, &result.ips)
     }
 
     fn write_files(
