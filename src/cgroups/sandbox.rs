@@ -126,13 +126,16 @@ pub fn remove_if_empty(path: &str) -> bool {
 /// Mount points of the hierarchies cgroups are made in: every v1 hierarchy, or the v2 root.
 fn hierarchy_mounts() -> Vec<std::path::PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let v2 = hierarchies::is_cgroup2_unified_mode();
+    hierarchy_mounts_in(&mountinfo, hierarchies::is_cgroup2_unified_mode())
+}
+
+fn hierarchy_mounts_in(mountinfo: &str, v2: bool) -> Vec<std::path::PathBuf> {
+    let wanted = if v2 { "cgroup2" } else { "cgroup" };
     mountinfo
         .lines()
         .filter_map(|line| {
             let (head, tail) = line.split_once(" - ")?;
             let fstype = tail.split_whitespace().next()?;
-            let wanted = if v2 { "cgroup2" } else { "cgroup" };
             let point = head.split_whitespace().nth(4)?;
             (fstype == wanted).then(|| std::path::PathBuf::from(point))
         })
@@ -142,6 +145,28 @@ fn hierarchy_mounts() -> Vec<std::path::PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hierarchies_of_v1_and_v2_hosts() {
+        let v1 = "\
+31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            hierarchy_mounts_in(v1, false),
+            vec![
+                std::path::PathBuf::from("/sys/fs/cgroup/cpu"),
+                std::path::PathBuf::from("/sys/fs/cgroup/memory")
+            ]
+        );
+        let v2 = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            hierarchy_mounts_in(v2, true),
+            vec![std::path::PathBuf::from("/sys/fs/cgroup")]
+        );
+    }
 
     #[test]
     fn parent_paths() {
