@@ -27,21 +27,13 @@ impl Images {
             .await?;
         let known_snapshots: HashSet<String> = self
             .store
-            .read(|c| {
-                let mut stmt = c.prepare("SELECT num FROM snapshots")?;
-                let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
-                rows.collect::<rusqlite::Result<Vec<i64>>>()
-            })?
+            .column::<i64>("SELECT num FROM snapshots", [])?
             .into_iter()
             .map(|n| n.to_string())
             .collect();
         let known_blobs: HashSet<String> = self
             .store
-            .read(|c| {
-                let mut stmt = c.prepare("SELECT digest FROM blobs")?;
-                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-                rows.collect::<rusqlite::Result<Vec<String>>>()
-            })?
+            .column::<String>("SELECT digest FROM blobs", [])?
             .into_iter()
             .filter_map(|d| d.strip_prefix("sha256:").map(str::to_string))
             .collect();

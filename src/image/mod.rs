@@ -149,12 +149,9 @@ impl Images {
         let hex = name.strip_prefix("sha256:").unwrap_or(name);
         if hex.len() >= 3 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             let pattern = format!("sha256:{}%", hex.to_ascii_lowercase());
-            let ids: Vec<String> = self.store.read(|c| {
-                let mut stmt =
-                    c.prepare_cached("SELECT id FROM images WHERE id LIKE ?1 LIMIT 2")?;
-                let rows = stmt.query_map([&pattern], |r| r.get(0))?;
-                rows.collect()
-            })?;
+            let ids: Vec<String> = self
+                .store
+                .column("SELECT id FROM images WHERE id LIKE ?1 LIMIT 2", [&pattern])?;
             if ids.len() == 1 {
                 return self.get(&ids[0]);
             }
@@ -168,13 +165,10 @@ impl Images {
             return Ok(None);
         };
         let record = parse_record(&json)?;
-        let refs: Vec<String> = self.store.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT reference FROM image_refs WHERE image_id = ?1 ORDER BY reference",
-            )?;
-            let rows = stmt.query_map([id], |r| r.get(0))?;
-            rows.collect()
-        })?;
+        let refs: Vec<String> = self.store.column(
+            "SELECT reference FROM image_refs WHERE image_id = ?1 ORDER BY reference",
+            [id],
+        )?;
         Ok(Some(with_names(record, refs)))
     }
 

@@ -142,6 +142,19 @@ impl Store {
         Ok(f(&conn)?)
     }
 
+    /// The first column of every row a query returns.
+    pub fn column<T: rusqlite::types::FromSql>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<T>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(sql)?;
+            let rows = stmt.query_map(params, |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
     pub fn setting(&self, key: &str) -> Result<Option<String>> {
         self.read(|c| {
             c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
