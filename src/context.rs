@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::cgroups::CgroupLayout;
 use crate::config::Config;
+use crate::container::Containers;
 use crate::image::Images;
 use crate::sandbox::Sandboxes;
 use crate::store::Store;
@@ -13,6 +14,7 @@ pub struct Context {
     pub store: Arc<Store>,
     pub images: Arc<Images>,
     pub sandboxes: Sandboxes,
+    pub containers: Containers,
     /// Detected once at start: the hierarchy cannot change under a running daemon.
     pub cgroups: CgroupLayout,
 }

@@ -11,6 +11,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::cgroups;
 use crate::config::Config;
+use crate::container::Containers;
 use crate::context::Context;
 use crate::image::Images;
 use crate::lockfile::{LockError, LockFile};
@@ -76,11 +77,19 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         cgroups.version,
     )
     .map_err(DaemonError::Sandboxes)?;
+    let containers = Containers::new(
+        store.clone(),
+        images.clone(),
+        &config.root,
+        &config.state,
+        cgroups.version,
+    );
     let ctx = Arc::new(Context {
         config,
         store,
         images,
         sandboxes,
+        containers,
         cgroups,
     });
 

@@ -18,6 +18,8 @@ pub enum Error {
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("{0}")]
     Unauthenticated(String),
     #[error("{0}")]
     PermissionDenied(String),

@@ -7,13 +7,23 @@ use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use super::proto::{Ping, Request, Response, Shutdown, request};
+use super::proto::{
+    ExecSync, Forget, Ping, ReopenLog, Request, Response, Shutdown, StartContainer, request,
+};
 use super::{MAX_FRAME, frame};
 
 /// An agent that does not answer within this is taken for dead.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn call(socket: &Path, kind: request::Kind) -> Result<Response, String> {
+    call_within(socket, kind, TIMEOUT).await
+}
+
+async fn call_within(
+    socket: &Path,
+    kind: request::Kind,
+    timeout: Duration,
+) -> Result<Response, String> {
     let exchange = async {
         let mut conn = UnixStream::connect(socket)
             .await
@@ -36,9 +46,9 @@ async fn call(socket: &Path, kind: request::Kind) -> Result<Response, String> {
             Err(response.error)
         }
     };
-    tokio::time::timeout(TIMEOUT, exchange)
+    tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| format!("no answer within {}s", TIMEOUT.as_secs()))?
+        .map_err(|_| format!("no answer within {}s", timeout.as_secs()))?
 }
 
 pub async fn ping(socket: &Path) -> Result<Response, String> {
@@ -47,4 +57,38 @@ pub async fn ping(socket: &Path) -> Result<Response, String> {
 
 pub async fn shutdown(socket: &Path) -> Result<Response, String> {
     call(socket, request::Kind::Shutdown(Shutdown {})).await
+}
+
+/// Starts a container; answers its pid once the process has exec'd.
+pub async fn start(socket: &Path, request: StartContainer) -> Result<u32, String> {
+    // Set-up (mounts, a big rootfs) may take longer than a ping.
+    call_within(socket, request::Kind::Start(request), 4 * TIMEOUT)
+        .await
+        .map(|r| r.container_pid)
+}
+
+/// Runs a command in a container and waits for it; `timeout` zero means none.
+pub async fn exec(socket: &Path, request: ExecSync, timeout: Duration) -> Result<Response, String> {
+    // The agent enforces the timeout; this one only guards against a dead agent.
+    let limit = if timeout.is_zero() {
+        Duration::from_secs(365 * 24 * 3600)
+    } else {
+        timeout + TIMEOUT
+    };
+    call_within(socket, request::Kind::Exec(request), limit).await
+}
+
+pub async fn reopen_log(socket: &Path, id: &str) -> Result<(), String> {
+    call(
+        socket,
+        request::Kind::ReopenLog(ReopenLog { id: id.to_string() }),
+    )
+    .await
+    .map(|_| ())
+}
+
+pub async fn forget(socket: &Path, id: &str) -> Result<(), String> {
+    call(socket, request::Kind::Forget(Forget { id: id.to_string() }))
+        .await
+        .map(|_| ())
 }

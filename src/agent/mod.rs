@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod process;
+pub mod spawn;
 
 /// The messages of proto/agent.proto.
 pub mod proto {
@@ -20,4 +21,17 @@ pub fn frame(message: &impl prost::Message) -> Vec<u8> {
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(&body);
     out
+}
+
+/// How a container's process ended, as the agent writes it to the container's exit file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExitStatus {
+    /// The exit code, or 128 + the signal that killed it.
+    pub exit_code: i32,
+    /// The signal that killed it; 0 when it exited.
+    pub signal: i32,
+    /// Nanoseconds since the epoch.
+    pub finished_at: i64,
+    /// The container's cgroup saw an OOM kill.
+    pub oom_killed: bool,
 }

@@ -1,14 +1,25 @@
-//! The agent process itself (`crius pod-agent`). Single-threaded and blocking on purpose: it
-//! will fork container processes, which only a single-threaded process may safely do.
+//! The agent process itself (`crius pod-agent`). Single-threaded on purpose: it forks container
+//! processes, which only a single-threaded process may safely do, and it serves everything from
+//! one poll loop: the daemon's requests, SIGCHLD, the containers' output and exec sessions.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
 use prost::Message;
 
 use super::proto::{Request, Response, request};
-use super::{MAX_FRAME, frame};
+use super::spawn;
+use super::{ExitStatus, MAX_FRAME, frame};
+use crate::logs::{LogWriter, Stream};
 
 /// What the daemon asks the agent to set up in the namespaces it was started in.
 #[derive(Debug, Clone, Default)]
@@ -22,6 +33,47 @@ pub struct AgentArgs {
     pub sysctls: Vec<(String, String)>,
     /// The agent was started after unshare(CLONE_NEWPID): start the namespace's PID 1.
     pub pid_init: bool,
+}
+
+/// ExecSync output beyond this is dropped, so a chatty probe cannot exhaust the agent.
+const EXEC_OUTPUT_CAP: usize = 16 * 1024 * 1024;
+/// After an exec'd command exits, how long its output pipes may stay open (held by a
+/// background child) before the answer goes out anyway.
+const EXEC_DRAIN_GRACE: Duration = Duration::from_millis(200);
+
+/// A container this agent started.
+struct Container {
+    pid: Pid,
+    exit_file: PathBuf,
+    oom_file: String,
+    log: LogWriter,
+    /// stdout and stderr pipes (or the tty master as stdout) until they reach EOF.
+    outputs: Vec<(OwnedFd, Stream)>,
+    /// Kept open so a container created with stdin blocks on it rather than reading EOF.
+    _stdin: Option<OwnedFd>,
+    exited: bool,
+}
+
+/// An ExecSync in flight: the connection waits for the command's exit.
+struct ExecSession {
+    pid: Pid,
+    conn: UnixStream,
+    outputs: Vec<(OwnedFd, Stream)>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    deadline: Option<Instant>,
+    exit_code: Option<i32>,
+    timed_out: bool,
+    /// Set once the command exited: the answer goes out when its pipes close or this passes.
+    drain_until: Option<Instant>,
+}
+
+struct Agent {
+    listener: UnixListener,
+    sigchld: SignalFd,
+    pid_init: Option<Pid>,
+    containers: HashMap<String, Container>,
+    execs: Vec<ExecSession>,
 }
 
 /// Runs the agent until it is told to shut down. Errors before serving are fatal: the daemon
@@ -46,52 +98,369 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
             std::io::Error::last_os_error()
         ));
     }
+    // SIGCHLD arrives through a descriptor the poll loop watches; children unblock it again.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    mask.thread_block()
+        .map_err(|e| format!("blocking SIGCHLD: {e}"))?;
+    let sigchld = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("signalfd: {e}"))?;
     let pid_init = if args.pid_init {
-        Some(start_pid_init()?)
+        Some(spawn::pid_init()?)
     } else {
         None
     };
     let _ = std::fs::remove_file(&args.socket);
     let listener = UnixListener::bind(&args.socket)
         .map_err(|e| format!("binding {}: {e}", args.socket.display()))?;
-    for conn in listener.incoming() {
-        let Ok(mut conn) = conn else { continue };
-        match serve(&mut conn, pid_init) {
-            Ok(true) => {
-                let _ = std::fs::remove_file(&args.socket);
-                if let Some(init) = pid_init {
-                    // The namespace ends with its PID 1, and every process in it with it.
-                    let _ = nix::sys::signal::kill(init, nix::sys::signal::Signal::SIGKILL);
-                    let _ = nix::sys::wait::waitpid(init, None);
-                }
-                return Ok(());
-            }
-            Ok(false) => {}
-            Err(e) => eprintln!("crius pod-agent: {e}"),
-        }
-    }
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("listener: {e}"))?;
+    let mut agent = Agent {
+        listener,
+        sigchld,
+        pid_init,
+        containers: HashMap::new(),
+        execs: Vec::new(),
+    };
+    agent.serve_forever();
+    let _ = std::fs::remove_file(&args.socket);
+    agent.shut_down();
     Ok(())
 }
 
-/// Forks PID 1 of the pod's PID namespace: it only reaps what is reparented to it, for as long
-/// as the pod lives.
-fn start_pid_init() -> Result<nix::unistd::Pid, String> {
-    use nix::unistd::{ForkResult, fork};
-    // SAFETY: the agent is single-threaded, so the child may run any code after fork; it only
-    // waits for children and never returns into the agent's code.
-    match unsafe { fork() } {
-        Ok(ForkResult::Child) => loop {
-            if let Err(nix::errno::Errno::ECHILD) = nix::sys::wait::wait() {
-                nix::unistd::pause();
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
+}
+
+/// What a ready descriptor in the poll set belongs to.
+#[derive(Clone, Copy)]
+enum Source {
+    Listener,
+    Sigchld,
+    ContainerOutput(usize, usize),
+    ExecOutput(usize, usize),
+}
+
+impl Agent {
+    /// The poll loop; returns when the daemon asked for shutdown.
+    fn serve_forever(&mut self) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let ids: Vec<String> = self.containers.keys().cloned().collect();
+            let mut sources = vec![Source::Listener, Source::Sigchld];
+            let mut fds = vec![
+                PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.sigchld.as_fd(), PollFlags::POLLIN),
+            ];
+            for (ci, id) in ids.iter().enumerate() {
+                for (oi, (fd, _)) in self.containers[id].outputs.iter().enumerate() {
+                    sources.push(Source::ContainerOutput(ci, oi));
+                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                }
             }
-        },
-        Ok(ForkResult::Parent { child }) => Ok(child),
-        Err(e) => Err(format!("starting the pod's PID 1: {e}")),
+            for (ei, exec) in self.execs.iter().enumerate() {
+                for (oi, (fd, _)) in exec.outputs.iter().enumerate() {
+                    sources.push(Source::ExecOutput(ei, oi));
+                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                }
+            }
+            let timeout = self
+                .execs
+                .iter()
+                .filter_map(|e| e.drain_until.or(e.deadline))
+                .min()
+                .map(|t| t.saturating_duration_since(Instant::now()));
+            let timeout = match timeout {
+                Some(d) => PollTimeout::try_from(d.as_millis().min(60_000) as i32 + 1)
+                    .unwrap_or(PollTimeout::NONE),
+                None => PollTimeout::NONE,
+            };
+            let ready: Vec<Source> = match poll(&mut fds, timeout) {
+                Ok(_) => fds
+                    .iter()
+                    .zip(&sources)
+                    .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
+                    .map(|(_, s)| *s)
+                    .collect(),
+                Err(nix::errno::Errno::EINTR) => vec![],
+                Err(e) => {
+                    eprintln!("crius pod-agent: poll: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                    vec![]
+                }
+            };
+            drop(fds);
+            // Output first (indices stay valid until outputs are removed below), then exits,
+            // then requests.
+            let mut closed_container: Vec<(usize, usize)> = vec![];
+            let mut closed_exec: Vec<(usize, usize)> = vec![];
+            let mut shutdown = false;
+            for source in &ready {
+                match *source {
+                    Source::ContainerOutput(ci, oi) => {
+                        let Some(c) = self.containers.get_mut(&ids[ci]) else {
+                            continue;
+                        };
+                        if !pump_container(c, oi, &mut buf) {
+                            closed_container.push((ci, oi));
+                        }
+                    }
+                    Source::ExecOutput(ei, oi) if !pump_exec(&mut self.execs[ei], oi, &mut buf) => {
+                        closed_exec.push((ei, oi));
+                    }
+                    _ => {}
+                }
+            }
+            // Remove closed outputs back to front so the other indices stay right.
+            closed_container.sort_unstable();
+            for (ci, oi) in closed_container.into_iter().rev() {
+                if let Some(c) = self.containers.get_mut(&ids[ci]) {
+                    let (_, stream) = c.outputs.remove(oi);
+                    c.log.flush_stream(stream);
+                }
+            }
+            closed_exec.sort_unstable();
+            for (ei, oi) in closed_exec.into_iter().rev() {
+                self.execs[ei].outputs.remove(oi);
+            }
+            for source in &ready {
+                match source {
+                    Source::Sigchld => self.reap(&mut buf),
+                    Source::Listener => shutdown |= self.accept(),
+                    _ => {}
+                }
+            }
+            self.finish_execs();
+            if shutdown {
+                return;
+            }
+        }
+    }
+
+    /// Accepts and serves pending connections; true when one asked for shutdown.
+    fn accept(&mut self) -> bool {
+        loop {
+            let conn = match self.listener.accept() {
+                Ok((conn, _)) => conn,
+                Err(_) => return false,
+            };
+            // Requests come whole from the daemon; a stuck peer must not hang the pod.
+            let _ = conn.set_nonblocking(false);
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+            match self.serve(conn) {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(e) => eprintln!("crius pod-agent: {e}"),
+            }
+        }
+    }
+
+    /// Answers one request; Ok(true) when it was Shutdown.
+    fn serve(&mut self, mut conn: UnixStream) -> Result<bool, String> {
+        let request = read_request(&mut conn)?;
+        let mut response = self.identity();
+        let mut shutdown = false;
+        match request.kind {
+            Some(request::Kind::Ping(_)) => {}
+            Some(request::Kind::Shutdown(_)) => shutdown = true,
+            Some(request::Kind::Start(start)) => match self.start_container(start) {
+                Ok(pid) => response.container_pid = pid.as_raw() as u32,
+                Err(e) => response.error = e,
+            },
+            Some(request::Kind::Exec(exec)) => match self.start_exec(exec, conn) {
+                // The session owns the connection and answers when the command is done.
+                Ok(()) => return Ok(false),
+                Err((e, conn_back)) => {
+                    response.error = e;
+                    conn = conn_back;
+                }
+            },
+            Some(request::Kind::ReopenLog(r)) => match self.containers.get_mut(&r.id) {
+                Some(c) if !c.exited => {
+                    if let Err(e) = c.log.reopen() {
+                        response.error = format!("reopening the log of container {}: {e}", r.id);
+                    }
+                }
+                _ => response.error = format!("container {} is not running", r.id),
+            },
+            Some(request::Kind::Forget(f)) => {
+                self.containers.remove(&f.id);
+            }
+            None => response.error = "empty request".to_string(),
+        }
+        conn.write_all(&frame(&response))
+            .map_err(|e| format!("answering: {e}"))?;
+        Ok(shutdown)
+    }
+
+    fn identity(&self) -> Response {
+        Response {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid_init: self.pid_init.map_or(0, |p| p.as_raw() as u32),
+            ..Default::default()
+        }
+    }
+
+    fn start_container(&mut self, start: super::proto::StartContainer) -> Result<Pid, String> {
+        if self.containers.get(&start.id).is_some_and(|c| !c.exited) {
+            return Err(format!("container {} is already running", start.id));
+        }
+        let log = if start.log_path.is_empty() {
+            LogWriter::disabled()
+        } else {
+            LogWriter::open(std::path::Path::new(&start.log_path))
+                .map_err(|e| format!("opening the log {}: {e}", start.log_path))?
+        };
+        let started = spawn::container(&start)?;
+        let mut outputs = vec![(started.stdout, Stream::Stdout)];
+        outputs.extend(started.stderr.map(|fd| (fd, Stream::Stderr)));
+        self.containers.insert(
+            start.id.clone(),
+            Container {
+                pid: started.pid,
+                exit_file: PathBuf::from(&start.exit_file),
+                oom_file: start.oom_file.clone(),
+                log,
+                outputs,
+                _stdin: started.stdin,
+                exited: false,
+            },
+        );
+        Ok(started.pid)
+    }
+
+    fn start_exec(
+        &mut self,
+        exec: super::proto::ExecSync,
+        conn: UnixStream,
+    ) -> Result<(), (String, UnixStream)> {
+        let Some(container) = self.containers.get(&exec.id).filter(|c| !c.exited) else {
+            return Err((format!("container {} is not running", exec.id), conn));
+        };
+        match spawn::exec(container.pid, &exec) {
+            Ok(started) => {
+                self.execs.push(ExecSession {
+                    pid: started.pid,
+                    conn,
+                    outputs: vec![(started.stdout, Stream::Stdout)]
+                        .into_iter()
+                        .chain(started.stderr.map(|fd| (fd, Stream::Stderr)))
+                        .collect(),
+                    stdout: vec![],
+                    stderr: vec![],
+                    deadline: (exec.timeout_ms > 0)
+                        .then(|| Instant::now() + Duration::from_millis(exec.timeout_ms)),
+                    exit_code: None,
+                    timed_out: false,
+                    drain_until: None,
+                });
+                Ok(())
+            }
+            Err(e) => Err((e, conn)),
+        }
+    }
+
+    /// Reaps every exited child: containers get their exit recorded, exec sessions their code.
+    fn reap(&mut self, buf: &mut [u8]) {
+        while let Ok(Some(_)) = self.sigchld.read_signal() {}
+        loop {
+            let status = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(status) => status,
+            };
+            let (pid, exit_code, signal) = match status {
+                WaitStatus::Exited(pid, code) => (pid, code, 0),
+                WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as i32, sig as i32),
+                _ => continue,
+            };
+            if let Some(c) = self
+                .containers
+                .values_mut()
+                .find(|c| c.pid == pid && !c.exited)
+            {
+                // Whatever the process wrote before it died belongs in the log before the
+                // exit is visible.
+                for oi in 0..c.outputs.len() {
+                    pump_container(c, oi, buf);
+                }
+                let exit = ExitStatus {
+                    exit_code,
+                    signal,
+                    finished_at: now_ns(),
+                    oom_killed: oom_killed(&c.oom_file),
+                };
+                if let Err(e) = write_exit_file(&c.exit_file, &exit) {
+                    eprintln!("crius pod-agent: recording the exit of pid {pid}: {e}");
+                }
+                c.exited = true;
+            } else if let Some(e) = self.execs.iter_mut().find(|e| e.pid == pid) {
+                e.exit_code = Some(exit_code);
+                e.drain_until = Some(Instant::now() + EXEC_DRAIN_GRACE);
+            }
+        }
+    }
+
+    /// Kills exec'd commands past their timeout; answers the sessions that are done.
+    fn finish_execs(&mut self) {
+        let now = Instant::now();
+        for e in &mut self.execs {
+            if e.exit_code.is_none() && e.deadline.is_some_and(|d| now >= d) && !e.timed_out {
+                let _ = nix::sys::signal::kill(e.pid, Signal::SIGKILL);
+                e.timed_out = true;
+            }
+        }
+        let mut i = 0;
+        while i < self.execs.len() {
+            let e = &self.execs[i];
+            let done = e.exit_code.is_some()
+                && (e.outputs.is_empty() || e.drain_until.is_some_and(|d| now >= d));
+            if !done {
+                i += 1;
+                continue;
+            }
+            let mut e = self.execs.swap_remove(i);
+            let response = Response {
+                stdout: std::mem::take(&mut e.stdout),
+                stderr: std::mem::take(&mut e.stderr),
+                exit_code: e.exit_code.unwrap_or(-1),
+                timed_out: e.timed_out,
+                ..self.identity()
+            };
+            let _ = e.conn.set_nonblocking(false);
+            if let Err(err) = e.conn.write_all(&frame(&response)) {
+                eprintln!("crius pod-agent: answering an exec: {err}");
+            }
+        }
+    }
+
+    /// The pod goes: every container is killed (their namespaces end with them).
+    fn shut_down(&mut self) {
+        for c in self.containers.values().filter(|c| !c.exited) {
+            let _ = nix::sys::signal::kill(c.pid, Signal::SIGKILL);
+        }
+        if let Some(init) = self.pid_init {
+            // The namespace ends with its PID 1, and every process in it with it.
+            let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut buf = vec![0u8; 64 * 1024];
+        while self.containers.values().any(|c| !c.exited) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+            self.reap(&mut buf);
+        }
+        if let Some(init) = self.pid_init {
+            let _ = waitpid(init, Some(WaitPidFlag::WNOHANG));
+        }
     }
 }
 
-/// Answers one request; Ok(true) when it was Shutdown.
-fn serve(conn: &mut UnixStream, pid_init: Option<nix::unistd::Pid>) -> Result<bool, String> {
+fn read_request(conn: &mut UnixStream) -> Result<Request, String> {
     let mut len = [0u8; 4];
     conn.read_exact(&mut len)
         .map_err(|e| format!("reading a request: {e}"))?;
@@ -102,29 +471,78 @@ fn serve(conn: &mut UnixStream, pid_init: Option<nix::unistd::Pid>) -> Result<bo
     let mut body = vec![0u8; len];
     conn.read_exact(&mut body)
         .map_err(|e| format!("reading a request: {e}"))?;
-    let request = Request::decode(&body[..]).map_err(|e| format!("bad request: {e}"))?;
-    let mut response = Response {
-        error: String::new(),
-        pid: std::process::id(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        pid_init: pid_init.map_or(0, |p| p.as_raw() as u32),
+    Request::decode(&body[..]).map_err(|e| format!("bad request: {e}"))
+}
+
+/// Reads what is available on one output of a container into its log; false at EOF.
+fn pump_container(c: &mut Container, oi: usize, buf: &mut [u8]) -> bool {
+    let Some((fd, stream)) = c.outputs.get(oi) else {
+        return true;
     };
-    let shutdown = match request.kind {
-        Some(request::Kind::Ping(_)) => false,
-        Some(request::Kind::Shutdown(_)) => true,
-        None => {
-            response.error = "empty request".to_string();
-            false
+    let stream = *stream;
+    loop {
+        match nix::unistd::read(fd.as_fd(), buf) {
+            Ok(0) => return false,
+            Ok(n) => c.log.write(stream, &buf[..n]),
+            Err(nix::errno::Errno::EAGAIN) => return true,
+            Err(nix::errno::Errno::EINTR) => continue,
+            // EIO: the tty's other side is closed.
+            Err(_) => return false,
         }
+    }
+}
+
+/// Reads what is available on one output of an exec session; false at EOF.
+fn pump_exec(e: &mut ExecSession, oi: usize, buf: &mut [u8]) -> bool {
+    let Some((fd, stream)) = e.outputs.get(oi) else {
+        return true;
     };
-    conn.write_all(&frame(&response))
-        .map_err(|e| format!("answering: {e}"))?;
-    Ok(shutdown)
+    let target = match stream {
+        Stream::Stdout => &mut e.stdout,
+        Stream::Stderr => &mut e.stderr,
+    };
+    loop {
+        match nix::unistd::read(fd.as_fd(), buf) {
+            Ok(0) => return false,
+            Ok(n) => {
+                let room = EXEC_OUTPUT_CAP.saturating_sub(target.len());
+                target.extend_from_slice(&buf[..n.min(room)]);
+            }
+            Err(nix::errno::Errno::EAGAIN) => return true,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Whether the container's cgroup saw an OOM kill (`oom_kill N` in either file's format).
+fn oom_killed(oom_file: &str) -> bool {
+    if oom_file.is_empty() {
+        return false;
+    }
+    std::fs::read_to_string(oom_file)
+        .map(|text| {
+            text.lines().any(|l| {
+                l.strip_prefix("oom_kill ")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .is_some_and(|n| n > 0)
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Written to a temporary name and renamed, so a reader never sees half a file.
+fn write_exit_file(path: &std::path::Path, exit: &ExitStatus) -> std::io::Result<()> {
+    let json = serde_json::to_vec(exit).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&json)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Sets IFF_UP on `lo` in this process's network namespace.
 fn loopback_up() -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
     // lo is down, so binding 127.0.0.1 may fail; any datagram socket serves for the ioctl.
     let sock = std::net::UdpSocket::bind("127.0.0.1:0")
         .or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))?;

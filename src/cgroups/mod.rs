@@ -3,6 +3,7 @@
 //! v2 when /sys/fs/cgroup is a cgroup2 mount; otherwise v1 (a hybrid host's empty cgroup2 mount
 //! at /sys/fs/cgroup/unified holds no controllers and is not used).
 
+pub mod container;
 pub mod resources;
 pub mod sandbox;
 

@@ -124,7 +124,7 @@ pub fn remove_if_empty(path: &str) -> bool {
 }
 
 /// Mount points of the hierarchies cgroups are made in: every v1 hierarchy, or the v2 root.
-fn hierarchy_mounts() -> Vec<std::path::PathBuf> {
+pub fn hierarchy_mounts() -> Vec<std::path::PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     hierarchy_mounts_in(&mountinfo, hierarchies::is_cgroup2_unified_mode())
 }

@@ -90,6 +90,8 @@ impl Images {
             used_snapshots.extend(record.chain_ids.iter().map(|c| c.to_string()));
             used_blobs.extend(record.blobs().iter().map(|b| b.to_string()));
         }
+        // Containers keep their layers even when their image is removed.
+        used_snapshots.extend(crate::container::Containers::chain_ids_in_use(&self.store)?);
         let (snapshots, blobs) = self
             .store
             .transaction(move |tx| {

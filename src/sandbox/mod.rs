@@ -51,7 +51,7 @@ fn now_ns() -> i64 {
         .unwrap_or_default()
 }
 
-fn new_id() -> Result<String> {
+pub fn new_id() -> Result<String> {
     let mut bytes = [0u8; 32];
     getrandom(&mut bytes)?;
     Ok(crate::image::digest::hex(&bytes))
@@ -82,12 +82,12 @@ impl Sandboxes {
         })
     }
 
-    fn pod_dir(&self, id: &str) -> PathBuf {
+    pub fn pod_dir(&self, id: &str) -> PathBuf {
         self.state_dir.join("pods").join(id)
     }
 
     /// Kept short: a unix socket path has at most 107 bytes.
-    fn agent_socket(&self, id: &str) -> PathBuf {
+    pub fn agent_socket(&self, id: &str) -> PathBuf {
         self.state_dir
             .join("agents")
             .join(format!("{}.sock", &id[..16.min(id.len())]))

@@ -13,6 +13,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unimplemented { .. } => Code::Unimplemented,
             Error::Unavailable(_) => Code::Unavailable,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::DataLoss(_) => Code::DataLoss,

@@ -1,5 +1,6 @@
 //! The CRI RuntimeService. Each group of RPCs lives in its own file; this impl only routes.
 
+mod container;
 mod sandbox;
 mod status;
 
@@ -76,9 +77,11 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
     ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
         let req = request.into_inner();
         let id = req.pod_sandbox_id.clone();
-        rpc::handle("PodSandboxStatus", Ids::pod(&id), async {
-            sandbox::status(&self.ctx, &req)
-        })
+        rpc::handle(
+            "PodSandboxStatus",
+            Ids::pod(&id),
+            sandbox::status(&self.ctx, &req),
+        )
         .await
     }
 
@@ -95,44 +98,82 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
 
     async fn create_container(
         &self,
-        _request: Request<cri::CreateContainerRequest>,
+        request: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        rpc::unimplemented("CreateContainer").await
+        let req = request.into_inner();
+        let pod = req.pod_sandbox_id.clone();
+        rpc::handle(
+            "CreateContainer",
+            Ids::pod(&pod),
+            container::create(&self.ctx, req),
+        )
+        .await
     }
 
     async fn start_container(
         &self,
-        _request: Request<cri::StartContainerRequest>,
+        request: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        rpc::unimplemented("StartContainer").await
+        let id = request.into_inner().container_id;
+        rpc::handle(
+            "StartContainer",
+            Ids::container(&id),
+            container::start(&self.ctx, &id),
+        )
+        .await
     }
 
     async fn stop_container(
         &self,
-        _request: Request<cri::StopContainerRequest>,
+        request: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
-        rpc::unimplemented("StopContainer").await
+        let req = request.into_inner();
+        let id = req.container_id;
+        rpc::handle(
+            "StopContainer",
+            Ids::container(&id),
+            container::stop(&self.ctx, &id, req.timeout),
+        )
+        .await
     }
 
     async fn remove_container(
         &self,
-        _request: Request<cri::RemoveContainerRequest>,
+        request: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        rpc::unimplemented("RemoveContainer").await
+        let id = request.into_inner().container_id;
+        rpc::handle(
+            "RemoveContainer",
+            Ids::container(&id),
+            container::remove(&self.ctx, &id),
+        )
+        .await
     }
 
     async fn list_containers(
         &self,
-        _request: Request<cri::ListContainersRequest>,
+        request: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
-        rpc::unimplemented("ListContainers").await
+        let req = request.into_inner();
+        rpc::handle(
+            "ListContainers",
+            Ids::none(),
+            container::list(&self.ctx, req),
+        )
+        .await
     }
 
     async fn container_status(
         &self,
-        _request: Request<cri::ContainerStatusRequest>,
+        request: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        rpc::unimplemented("ContainerStatus").await
+        let req = request.into_inner();
+        rpc::handle(
+            "ContainerStatus",
+            Ids::container(&req.container_id),
+            container::status(&self.ctx, &req),
+        )
+        .await
     }
 
     async fn update_container_resources(
@@ -144,16 +185,29 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
 
     async fn reopen_container_log(
         &self,
-        _request: Request<cri::ReopenContainerLogRequest>,
+        request: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        rpc::unimplemented("ReopenContainerLog").await
+        let id = request.into_inner().container_id;
+        rpc::handle(
+            "ReopenContainerLog",
+            Ids::container(&id),
+            container::reopen_log(&self.ctx, &id),
+        )
+        .await
     }
 
     async fn exec_sync(
         &self,
-        _request: Request<cri::ExecSyncRequest>,
+        request: Request<cri::ExecSyncRequest>,
     ) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        rpc::unimplemented("ExecSync").await
+        let req = request.into_inner();
+        let id = req.container_id.clone();
+        rpc::handle(
+            "ExecSync",
+            Ids::container(&id),
+            container::exec_sync(&self.ctx, req),
+        )
+        .await
     }
 
     async fn exec(

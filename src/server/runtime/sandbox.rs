@@ -28,16 +28,25 @@ pub async fn run(
 }
 
 pub async fn stop(ctx: &Context, id: &str) -> Result<cri::StopPodSandboxResponse> {
+    if let Some(pod) = ctx.sandboxes.get(id)? {
+        ctx.containers.stop_all_in(&ctx.sandboxes, &pod.id).await?;
+    }
     ctx.sandboxes.stop(id).await?;
     Ok(cri::StopPodSandboxResponse {})
 }
 
 pub async fn remove(ctx: &Context, id: &str) -> Result<cri::RemovePodSandboxResponse> {
+    if let Some(pod) = ctx.sandboxes.get(id)? {
+        ctx.containers.stop_all_in(&ctx.sandboxes, &pod.id).await?;
+        ctx.containers
+            .remove_all_in(&ctx.sandboxes, &pod.id)
+            .await?;
+    }
     ctx.sandboxes.remove(id).await?;
     Ok(cri::RemovePodSandboxResponse {})
 }
 
-pub fn status(
+pub async fn status(
     ctx: &Context,
     req: &cri::PodSandboxStatusRequest,
 ) -> Result<cri::PodSandboxStatusResponse> {
@@ -83,7 +92,14 @@ pub fn status(
             runtime_handler: record.runtime_handler.clone(),
         }),
         info,
-        containers_statuses: vec![],
+        containers_statuses: ctx
+            .containers
+            .list(&ctx.sandboxes)
+            .await?
+            .iter()
+            .filter(|c| c.sandbox_id == record.id)
+            .map(super::container::status_of)
+            .collect(),
         timestamp: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)

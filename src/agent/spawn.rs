@@ -1,0 +1,249 @@
+//! The agent's forks: the pod's PID 1, containers' first processes and exec'd commands. The
+//! child reports a set-up failure through a close-on-exec pipe; EOF on it means execve
+//! succeeded.
+
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
+
+use super::proto::{ExecSync, StartContainer};
+use crate::linux::init::{self, ContainerSetup, ExecTarget, Stdio};
+
+/// A started process and the agent's ends of its stdio.
+pub struct Started {
+    pub pid: Pid,
+    pub stdout: OwnedFd,
+    /// None with a tty (it carries both streams).
+    pub stderr: Option<OwnedFd>,
+    pub stdin: Option<OwnedFd>,
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
+}
+
+fn nonblocking(fd: &OwnedFd) -> Result<(), String> {
+    fcntl(fd.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(|e| format!("fcntl: {e}"))?;
+    Ok(())
+}
+
+fn dev_null() -> Result<OwnedFd, String> {
+    std::fs::File::open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(|e| format!("/dev/null: {e}"))
+}
+
+/// fork(2) with namespace flags: clone without a new stack behaves as fork, the child
+/// continuing on a copy of this stack.
+fn fork_into(flags: CloneFlags) -> Result<Pid, String> {
+    // SAFETY: the agent is single-threaded, so the child owns a consistent copy of every lock
+    // and allocator state; with a null stack pointer the kernel gives the child a copy-on-write
+    // copy of the caller's stack, exactly as fork does. No pointers are passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    match rc {
+        -1 => Err(format!("clone: {}", std::io::Error::last_os_error())),
+        pid => Ok(Pid::from_raw(pid as i32)),
+    }
+}
+
+/// In the child: report `message` to the agent and exit without running any destructor or
+/// atexit handler of the agent's.
+fn fail_child(error_pipe: &OwnedFd, message: &str) -> ! {
+    let _ = nix::unistd::write(error_pipe, message.as_bytes());
+    // SAFETY: _exit ends the process immediately; nothing of the agent's state is touched.
+    unsafe { libc::_exit(127) }
+}
+
+/// Waits for the child to exec (EOF) or to report why it could not.
+fn await_exec(pid: Pid, error_read: OwnedFd) -> Result<(), String> {
+    let mut message = String::new();
+    let _ = std::fs::File::from(error_read).read_to_string(&mut message);
+    if message.is_empty() {
+        return Ok(());
+    }
+    let _ = nix::sys::wait::waitpid(pid, None);
+    Err(message)
+}
+
+/// PID 1 of the pod's PID namespace: reaps whatever is reparented to it, for as long as the
+/// pod lives, and dies with the agent.
+pub fn pid_init() -> Result<Pid, String> {
+    match fork_into(CloneFlags::empty())? {
+        pid if pid.as_raw() == 0 => {
+            // SAFETY: prctl with integer arguments only.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+            loop {
+                if let Err(nix::errno::Errno::ECHILD) = nix::sys::wait::wait() {
+                    nix::unistd::pause();
+                }
+            }
+        }
+        pid => Ok(pid),
+    }
+}
+
+/// Starts a container's first process from its bundle.
+pub fn container(start: &StartContainer) -> Result<Started, String> {
+    let (stdin_child, stdin_keep) = if start.stdin {
+        let (r, w) = pipe()?;
+        (r, Some(w))
+    } else {
+        (dev_null()?, None)
+    };
+    let (child_out, child_err, out, err) = if start.tty {
+        let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
+        fcntl(
+            pty.master.as_fd(),
+            FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map_err(|e| format!("fcntl: {e}"))?;
+        let slave_err = pty.slave.try_clone().map_err(|e| format!("dup: {e}"))?;
+        (pty.slave, slave_err, pty.master, None)
+    } else {
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        (out_w, err_w, out_r, Some(err_r))
+    };
+    // A tty carries stdin too when the container asked for it.
+    let stdin_child = if start.tty && start.stdin {
+        child_out.try_clone().map_err(|e| format!("dup: {e}"))?
+    } else {
+        stdin_child
+    };
+    let (error_read, error_write) = pipe()?;
+    let mut flags = CloneFlags::CLONE_NEWNS;
+    flags.set(CloneFlags::CLONE_NEWPID, start.new_pid_ns);
+    // A new PID namespace can only be made from the one a process is in: when our children
+    // otherwise go into the pod's namespace, step back to ours for this clone.
+    let restore = if start.new_pid_ns {
+        let children = std::fs::File::open("/proc/self/ns/pid_for_children")
+            .map_err(|e| format!("opening our pid namespace: {e}"))?;
+        let own = std::fs::File::open("/proc/self/ns/pid")
+            .map_err(|e| format!("opening our pid namespace: {e}"))?;
+        nix::sched::setns(&own, CloneFlags::CLONE_NEWPID)
+            .map_err(|e| format!("entering our own pid namespace: {e}"))?;
+        Some(children)
+    } else {
+        None
+    };
+    let forked = fork_into(flags);
+    if let Some(children) = restore
+        && !matches!(&forked, Ok(pid) if pid.as_raw() == 0)
+        && let Err(e) = nix::sched::setns(&children, CloneFlags::CLONE_NEWPID)
+    {
+        eprintln!("crius pod-agent: returning to the pod's pid namespace: {e}");
+    }
+    let pid = forked?;
+    if pid.as_raw() == 0 {
+        drop(error_read);
+        let setup = ContainerSetup {
+            bundle: Path::new(&start.bundle),
+            cgroup_procs: &start.cgroup_procs,
+            layers_dir: Path::new(&start.layers_dir),
+            overlay_options: &start.overlay_options,
+        };
+        let stdio = Stdio {
+            stdin: stdin_child,
+            stdout: child_out,
+            stderr: child_err,
+            tty: start.tty,
+        };
+        let Err(message) = init::container(&setup, stdio);
+        fail_child(&error_write, &message);
+    }
+    drop((error_write, child_out, child_err, stdin_child));
+    await_exec(pid, error_read)?;
+    nonblocking(&out)?;
+    if let Some(e) = &err {
+        nonblocking(e)?;
+    }
+    // With a tty and stdin, the master is the way in as well.
+    let stdin = match (start.tty, stdin_keep) {
+        (true, _) if start.stdin => Some(out.try_clone().map_err(|e| format!("dup: {e}"))?),
+        (_, keep) => keep,
+    };
+    Ok(Started {
+        pid,
+        stdout: out,
+        stderr: err,
+        stdin,
+    })
+}
+
+fn open_ns(pid: Pid, kind: &str) -> Result<OwnedFd, String> {
+    let path = format!("/proc/{pid}/ns/{kind}");
+    std::fs::File::open(&path)
+        .map(OwnedFd::from)
+        .map_err(|e| format!("opening {path}: {e}"))
+}
+
+/// Starts `exec.cmd` inside the running container whose first process is `container`.
+pub fn exec(container: Pid, exec: &ExecSync) -> Result<Started, String> {
+    if exec.cmd.is_empty() {
+        return Err("no command to run".to_string());
+    }
+    let mnt = open_ns(container, "mnt")?;
+    let cgroup_ns = open_ns(container, "cgroup").ok();
+    let target_pid_ns = open_ns(container, "pid")?;
+    let own_pid_ns = std::fs::File::open("/proc/self/ns/pid_for_children")
+        .map_err(|e| format!("opening our pid namespace: {e}"))?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let stdin = dev_null()?;
+    let (error_read, error_write) = pipe()?;
+    // Our children go into the container's PID namespace until we switch back after fork.
+    nix::sched::setns(&target_pid_ns, CloneFlags::CLONE_NEWPID)
+        .map_err(|e| format!("joining the container's pid namespace: {e}"))?;
+    let forked = fork_into(CloneFlags::empty());
+    if let Ok(pid) = &forked
+        && pid.as_raw() == 0
+    {
+        drop(error_read);
+        let target = ExecTarget {
+            bundle: Path::new(&exec.bundle),
+            mnt,
+            cgroup_ns,
+            cgroup_procs: &exec.cgroup_procs,
+            args: &exec.cmd,
+        };
+        let stdio = Stdio {
+            stdin,
+            stdout: out_w,
+            stderr: err_w,
+            tty: false,
+        };
+        let Err(message) = init::exec(target, stdio);
+        fail_child(&error_write, &message);
+    }
+    let restored = nix::sched::setns(&own_pid_ns, CloneFlags::CLONE_NEWPID);
+    let pid = forked?;
+    drop((error_write, out_w, err_w, stdin));
+    if let Err(e) = restored {
+        eprintln!(
+            "crius pod-agent: returning to our pid namespace (fd {}): {e}",
+            own_pid_ns.as_raw_fd()
+        );
+    }
+    await_exec(pid, error_read)?;
+    nonblocking(&out_r)?;
+    nonblocking(&err_r)?;
+    Ok(Started {
+        pid,
+        stdout: out_r,
+        stderr: Some(err_r),
+        stdin: None,
+    })
+}

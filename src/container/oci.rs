@@ -1,0 +1,680 @@
+//! The OCI runtime spec (config.json) of a container, from the CRI ContainerConfig, the image
+//! config and the pod. Pure: every input is passed in, so the rules are unit-tested.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use k8s_cri::v1 as cri;
+use oci_spec::runtime::{
+    Capability, LinuxCapabilities, LinuxCpu, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType,
+    LinuxHugepageLimit, LinuxMemory, LinuxNamespace, LinuxNamespaceType, LinuxResources,
+    LinuxSeccomp, Mount, Process, Root, Spec, User,
+};
+
+use super::spec::{self, MASKED_PATHS, READONLY_PATHS};
+use crate::image::manifest::ContainerDefaults;
+
+/// What the pod contributes to its containers' specs.
+#[derive(Debug, Clone, Default)]
+pub struct PodView {
+    pub hostname: String,
+    pub netns: Option<PathBuf>,
+    /// The pinned IPC namespace; None for the host's.
+    pub ipc_ns: Option<PathBuf>,
+    pub uts_ns: Option<PathBuf>,
+    /// The pod's /dev/shm; None means the host's (host IPC).
+    pub shm: Option<PathBuf>,
+    pub hostname_file: PathBuf,
+    pub hosts_file: PathBuf,
+    pub resolv_file: PathBuf,
+    pub privileged: bool,
+}
+
+/// Every input of the spec; the user, the seccomp profile and the oom score are resolved by
+/// the caller (they need the image's files, the host's limits and profile files).
+pub struct SpecInputs<'a> {
+    pub config: &'a cri::ContainerConfig,
+    pub image: &'a ContainerDefaults,
+    pub pod: &'a PodView,
+    pub user: spec::User,
+    /// The container's own PID namespace (false: the pod's or the host's, already chosen).
+    pub new_pid_ns: bool,
+    pub seccomp: Option<LinuxSeccomp>,
+    pub oom_score_adj: i32,
+    pub cgroup_path: String,
+    /// Capabilities this kernel knows, for "ALL" and validation.
+    pub all_capabilities: &'a [&'a str],
+    /// Char and block devices of the host, for privileged containers.
+    pub host_devices: Vec<LinuxDevice>,
+}
+
+/// (field, reason) of an invalid input.
+pub type Invalid = (String, String);
+
+fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Mount {
+    let mut m = Mount::default();
+    m.set_destination(destination.into());
+    m.set_typ(Some(typ.to_string()));
+    m.set_source(Some(source.into()));
+    m.set_options(Some(options.iter().map(|o| o.to_string()).collect()));
+    m
+}
+
+/// The character devices every container gets: (path, major, minor).
+const DEFAULT_DEVICES: &[(&str, i64, i64)] = &[
+    ("/dev/null", 1, 3),
+    ("/dev/zero", 1, 5),
+    ("/dev/full", 1, 7),
+    ("/dev/random", 1, 8),
+    ("/dev/urandom", 1, 9),
+    ("/dev/tty", 5, 0),
+];
+
+pub fn char_device(path: &str, major: i64, minor: i64) -> LinuxDevice {
+    let mut d = LinuxDevice::default();
+    d.set_path(path.into());
+    d.set_typ(LinuxDeviceType::C);
+    d.set_major(major);
+    d.set_minor(minor);
+    d.set_file_mode(Some(0o666));
+    d.set_uid(Some(0));
+    d.set_gid(Some(0));
+    d
+}
+
+fn device_rule(
+    allow: bool,
+    typ: Option<LinuxDeviceType>,
+    major: Option<i64>,
+    minor: Option<i64>,
+    access: &str,
+) -> LinuxDeviceCgroup {
+    let mut r = LinuxDeviceCgroup::default();
+    r.set_allow(allow);
+    r.set_typ(typ);
+    r.set_major(major);
+    r.set_minor(minor);
+    r.set_access(Some(access.to_string()));
+    r
+}
+
+/// The device cgroup rules: deny everything, then allow the default devices, ptys, mknod of
+/// any device (opening it stays denied), and the devices the pod asked for.
+fn device_rules(devices: &[LinuxDevice], privileged: bool) -> Vec<LinuxDeviceCgroup> {
+    if privileged {
+        return vec![device_rule(true, None, None, None, "rwm")];
+    }
+    let c = Some(LinuxDeviceType::C);
+    let mut rules = vec![
+        device_rule(false, None, None, None, "rwm"),
+        device_rule(true, c, None, None, "m"),
+        device_rule(true, Some(LinuxDeviceType::B), None, None, "m"),
+        device_rule(true, c, Some(5), Some(1), "rwm"),
+        device_rule(true, c, Some(5), Some(2), "rwm"),
+        device_rule(true, c, Some(136), None, "rwm"),
+    ];
+    for d in devices {
+        rules.push(device_rule(
+            true,
+            Some(d.typ()),
+            Some(d.major()),
+            Some(d.minor()),
+            "rwm",
+        ));
+    }
+    rules
+}
+
+fn resources(
+    config: &cri::ContainerConfig,
+    cgroup_devices: Vec<LinuxDeviceCgroup>,
+) -> LinuxResources {
+    let mut out = LinuxResources::default();
+    out.set_devices(Some(cgroup_devices));
+    let Some(r) = config.linux.as_ref().and_then(|l| l.resources.as_ref()) else {
+        return out;
+    };
+    let mut cpu = LinuxCpu::default();
+    if r.cpu_shares > 0 {
+        cpu.set_shares(Some(r.cpu_shares as u64));
+    }
+    if r.cpu_quota > 0 {
+        cpu.set_quota(Some(r.cpu_quota));
+    }
+    if r.cpu_period > 0 {
+        cpu.set_period(Some(r.cpu_period as u64));
+    }
+    if !r.cpuset_cpus.is_empty() {
+        cpu.set_cpus(Some(r.cpuset_cpus.clone()));
+    }
+    if !r.cpuset_mems.is_empty() {
+        cpu.set_mems(Some(r.cpuset_mems.clone()));
+    }
+    out.set_cpu(Some(cpu));
+    let mut memory = LinuxMemory::default();
+    if r.memory_limit_in_bytes > 0 {
+        memory.set_limit(Some(r.memory_limit_in_bytes));
+    }
+    if r.memory_swap_limit_in_bytes > 0 {
+        memory.set_swap(Some(r.memory_swap_limit_in_bytes));
+    }
+    out.set_memory(Some(memory));
+    if !r.hugepage_limits.is_empty() {
+        out.set_hugepage_limits(Some(
+            r.hugepage_limits
+                .iter()
+                .map(|h| {
+                    let mut l = LinuxHugepageLimit::default();
+                    l.set_page_size(h.page_size.clone());
+                    l.set_limit(h.limit as i64);
+                    l
+                })
+                .collect(),
+        ));
+    }
+    if !r.unified.is_empty() {
+        out.set_unified(Some(r.unified.clone()));
+    }
+    out
+}
+
+fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> LinuxNamespace {
+    let mut ns = LinuxNamespace::default();
+    ns.set_typ(typ);
+    ns.set_path(path.map(Path::to_path_buf));
+    ns
+}
+
+/// The CRI mount propagation as mount options.
+fn propagation(p: i32) -> &'static str {
+    match cri::MountPropagation::try_from(p) {
+        Ok(cri::MountPropagation::PropagationHostToContainer) => "rslave",
+        Ok(cri::MountPropagation::PropagationBidirectional) => "rshared",
+        _ => "rprivate",
+    }
+}
+
+pub fn build(input: &SpecInputs) -> Result<Spec, Invalid> {
+    let config = input.config;
+    let security = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.clone())
+        .unwrap_or_default();
+    let privileged = security.privileged;
+    if privileged && !input.pod.privileged {
+        return Err((
+            "config.linux.security_context.privileged".into(),
+            "a privileged container needs a privileged pod sandbox".into(),
+        ));
+    }
+
+    let args = spec::command_line(input.image, &config.command, &config.args);
+    if args.is_empty() {
+        return Err((
+            "config.command".into(),
+            "no command given and the image has no Entrypoint or Cmd".into(),
+        ));
+    }
+    let env_pairs: Vec<(String, String)> = config
+        .envs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect();
+    let env = spec::environment(input.image, &env_pairs);
+    let cwd = [
+        config.working_dir.as_str(),
+        input.image.working_dir.as_str(),
+    ]
+    .into_iter()
+    .find(|d| !d.is_empty())
+    .unwrap_or("/");
+    if !cwd.starts_with('/') {
+        return Err((
+            "config.working_dir".into(),
+            format!("{cwd:?} is not an absolute path"),
+        ));
+    }
+
+    let requested = security.capabilities.clone().unwrap_or_default();
+    let caps: Vec<String> = if privileged {
+        input
+            .all_capabilities
+            .iter()
+            .map(|c| c.to_string())
+            .collect()
+    } else {
+        spec::capabilities(
+            &requested.add_capabilities,
+            &requested.drop_capabilities,
+            input.all_capabilities,
+        )
+        .map_err(|e| ("config.linux.security_context.capabilities".to_string(), e))?
+    };
+    let to_set = |names: &[String]| -> Result<std::collections::HashSet<Capability>, Invalid> {
+        names
+            .iter()
+            .map(|c| {
+                c.trim_start_matches("CAP_")
+                    .parse::<Capability>()
+                    .map_err(|e| {
+                        (
+                            "config.linux.security_context.capabilities".to_string(),
+                            format!("{c}: {e}"),
+                        )
+                    })
+            })
+            .collect()
+    };
+    let cap_set = to_set(&caps)?;
+    let ambient_names = spec::capabilities(
+        &requested.add_ambient_capabilities,
+        &["ALL".to_string()],
+        input.all_capabilities,
+    )
+    .map_err(|e| ("config.linux.security_context.capabilities".to_string(), e))?;
+    let ambient = to_set(&ambient_names)?;
+    let mut capabilities = LinuxCapabilities::default();
+    capabilities.set_bounding(Some(cap_set.clone()));
+    capabilities.set_effective(Some(cap_set.clone()));
+    capabilities.set_permitted(Some(cap_set.clone()));
+    capabilities.set_inheritable(Some(ambient.clone()));
+    capabilities.set_ambient(Some(ambient));
+
+    let mut user = User::default();
+    user.set_uid(input.user.uid);
+    user.set_gid(input.user.gid);
+    user.set_additional_gids(Some(input.user.additional_gids.clone()));
+
+    let mut process = Process::default();
+    process.set_terminal(Some(config.tty));
+    process.set_user(user);
+    process.set_args(Some(args));
+    process.set_env(Some(env));
+    process.set_cwd(cwd.into());
+    process.set_capabilities(Some(capabilities));
+    process.set_rlimits(None);
+    process.set_no_new_privileges(Some(security.no_new_privs));
+    process.set_oom_score_adj(Some(input.oom_score_adj));
+
+    // Mounts: the defaults, then the pod's files, then kubelet's volumes; a volume at the same
+    // destination as a default replaces it.
+    let sys_ro = if privileged { "rw" } else { "ro" };
+    let mut mounts = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", sys_ro],
+        ),
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", sys_ro],
+        ),
+        mount(
+            "/run",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+    ];
+    let shm = input
+        .pod
+        .shm
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/dev/shm"));
+    mounts.push(mount(
+        "/dev/shm",
+        "bind",
+        &shm.to_string_lossy(),
+        &["rbind", "nosuid", "nodev", "noexec"],
+    ));
+    let pod_files_mode = if security.readonly_rootfs { "ro" } else { "rw" };
+    for (dest, source) in [
+        ("/etc/hostname", &input.pod.hostname_file),
+        ("/etc/hosts", &input.pod.hosts_file),
+        ("/etc/resolv.conf", &input.pod.resolv_file),
+    ] {
+        if !config.mounts.iter().any(|m| m.container_path == dest) {
+            mounts.push(mount(
+                dest,
+                "bind",
+                &source.to_string_lossy(),
+                &["rbind", "rprivate", pod_files_mode],
+            ));
+        }
+    }
+    for (i, m) in config.mounts.iter().enumerate() {
+        let field = format!("config.mounts[{i}]");
+        if m.image.as_ref().is_some_and(|s| !s.image.is_empty()) {
+            return Err((field, "image volumes are not supported by crius".into()));
+        }
+        if !m.container_path.starts_with('/') {
+            return Err((
+                format!("{field}.container_path"),
+                format!("{:?} is not an absolute path", m.container_path),
+            ));
+        }
+        if !Path::new(&m.host_path).exists() {
+            return Err((
+                format!("{field}.host_path"),
+                format!("{:?} does not exist", m.host_path),
+            ));
+        }
+        mounts.retain(|existing| existing.destination() != Path::new(&m.container_path));
+        let mut options = vec!["rbind", propagation(m.propagation)];
+        options.push(if m.readonly { "ro" } else { "rw" });
+        mounts.push(mount(&m.container_path, "bind", &m.host_path, &options));
+    }
+
+    // Devices: the defaults, the host's for privileged containers, then the pod's.
+    let mut devices: Vec<LinuxDevice> = DEFAULT_DEVICES
+        .iter()
+        .map(|(p, ma, mi)| char_device(p, *ma, *mi))
+        .collect();
+    if privileged {
+        for d in &input.host_devices {
+            if !devices.iter().any(|x| x.path() == d.path()) {
+                devices.push(d.clone());
+            }
+        }
+    }
+    let mut requested_devices = Vec::new();
+    for (i, d) in config.devices.iter().enumerate() {
+        let meta = std::fs::metadata(&d.host_path).map_err(|e| {
+            (
+                format!("config.devices[{i}].host_path"),
+                format!("{:?}: {e}", d.host_path),
+            )
+        })?;
+        let device = device_from_metadata(&d.container_path, &meta).ok_or_else(|| {
+            (
+                format!("config.devices[{i}].host_path"),
+                format!("{:?} is not a device", d.host_path),
+            )
+        })?;
+        requested_devices.push(device.clone());
+        devices.retain(|x| x.path() != device.path());
+        devices.push(device);
+    }
+    let mut cgroup_devices: Vec<LinuxDevice> = DEFAULT_DEVICES
+        .iter()
+        .map(|(p, ma, mi)| char_device(p, *ma, *mi))
+        .collect();
+    cgroup_devices.extend(requested_devices);
+
+    let mut namespaces = vec![
+        namespace(LinuxNamespaceType::Mount, None),
+        namespace(LinuxNamespaceType::Cgroup, None),
+    ];
+    if input.new_pid_ns {
+        namespaces.push(namespace(LinuxNamespaceType::Pid, None));
+    }
+    if let Some(p) = &input.pod.netns {
+        namespaces.push(namespace(LinuxNamespaceType::Network, Some(p)));
+    }
+    if let Some(p) = &input.pod.ipc_ns {
+        namespaces.push(namespace(LinuxNamespaceType::Ipc, Some(p)));
+    }
+    if let Some(p) = &input.pod.uts_ns {
+        namespaces.push(namespace(LinuxNamespaceType::Uts, Some(p)));
+    }
+
+    let mut linux = oci_spec::runtime::Linux::default();
+    linux.set_namespaces(Some(namespaces));
+    linux.set_devices(Some(devices));
+    linux.set_resources(Some(resources(
+        config,
+        device_rules(&cgroup_devices, privileged),
+    )));
+    linux.set_cgroups_path(Some(input.cgroup_path.clone().into()));
+    let (masked, readonly): (Vec<String>, Vec<String>) = if privileged {
+        (vec![], vec![])
+    } else {
+        let or_default = |given: &[String], default: &[&str]| {
+            if given.is_empty() {
+                default.iter().map(|s| s.to_string()).collect()
+            } else {
+                given.to_vec()
+            }
+        };
+        (
+            or_default(&security.masked_paths, MASKED_PATHS),
+            or_default(&security.readonly_paths, READONLY_PATHS),
+        )
+    };
+    linux.set_masked_paths(Some(masked));
+    linux.set_readonly_paths(Some(readonly));
+    linux.set_seccomp(if privileged {
+        None
+    } else {
+        input.seccomp.clone()
+    });
+    linux.set_sysctl(None);
+
+    let mut root = Root::default();
+    root.set_path("rootfs".into());
+    root.set_readonly(Some(security.readonly_rootfs));
+
+    let mut spec = Spec::default();
+    spec.set_version("1.1.0".into());
+    spec.set_root(Some(root));
+    spec.set_hostname(Some(input.pod.hostname.clone()));
+    spec.set_process(Some(process));
+    spec.set_mounts(Some(mounts));
+    spec.set_linux(Some(linux));
+    spec.set_hooks(None);
+    let annotations: HashMap<String, String> = config.annotations.clone();
+    spec.set_annotations(Some(annotations));
+    Ok(spec)
+}
+
+/// A device node of the host as the spec describes it, at `container_path`.
+pub fn device_from_metadata(container_path: &str, meta: &std::fs::Metadata) -> Option<LinuxDevice> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let typ = if meta.file_type().is_char_device() {
+        LinuxDeviceType::C
+    } else if meta.file_type().is_block_device() {
+        LinuxDeviceType::B
+    } else {
+        return None;
+    };
+    let rdev = meta.rdev();
+    let mut d = LinuxDevice::default();
+    d.set_path(container_path.into());
+    d.set_typ(typ);
+    d.set_major(nix::sys::stat::major(rdev) as i64);
+    d.set_minor(nix::sys::stat::minor(rdev) as i64);
+    d.set_file_mode(Some(meta.mode() & 0o777));
+    d.set_uid(Some(meta.uid()));
+    d.set_gid(Some(meta.gid()));
+    Some(d)
+}
+
+/// Every char and block device under the host's /dev (privileged containers get them all),
+/// except the ones each container has of its own.
+pub fn host_devices() -> Vec<LinuxDevice> {
+    fn walk(dir: &Path, out: &mut Vec<LinuxDevice>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                let skip = ["pts", "shm", "mqueue", "fd"]
+                    .iter()
+                    .any(|s| path == Path::new("/dev").join(s));
+                if !skip {
+                    walk(&path, out);
+                }
+            } else if let Some(d) = device_from_metadata(&path.to_string_lossy(), &meta)
+                && path != Path::new("/dev/console")
+                && path != Path::new("/dev/ptmx")
+            {
+                out.push(d);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/dev"), &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs<'a>(
+        config: &'a cri::ContainerConfig,
+        image: &'a ContainerDefaults,
+        pod: &'a PodView,
+    ) -> SpecInputs<'a> {
+        SpecInputs {
+            config,
+            image,
+            pod,
+            user: spec::User {
+                uid: 0,
+                gid: 0,
+                additional_gids: vec![],
+            },
+            new_pid_ns: true,
+            seccomp: None,
+            oom_score_adj: 0,
+            cgroup_path: "crius/crius-abc".into(),
+            all_capabilities: &["CAP_CHOWN", "CAP_KILL", "CAP_SYS_ADMIN", "CAP_NET_RAW"],
+            host_devices: vec![],
+        }
+    }
+
+    fn pod() -> PodView {
+        PodView {
+            hostname: "pod".into(),
+            hosts_file: "/pods/x/hosts".into(),
+            hostname_file: "/pods/x/hostname".into(),
+            resolv_file: "/pods/x/resolv.conf".into(),
+            shm: Some("/pods/x/shm".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_and_volumes() {
+        let image = ContainerDefaults {
+            cmd: Some(vec!["sh".into()]),
+            working_dir: "/work".into(),
+            ..Default::default()
+        };
+        let config = cri::ContainerConfig {
+            mounts: vec![cri::Mount {
+                container_path: "/etc/hosts".into(),
+                host_path: "/etc/hosts".into(),
+                readonly: true,
+                propagation: cri::MountPropagation::PropagationHostToContainer as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let pod = pod();
+        let spec = build(&inputs(&config, &image, &pod)).unwrap();
+        let process = spec.process().as_ref().unwrap();
+        assert_eq!(process.args().as_ref().unwrap(), &vec!["sh".to_string()]);
+        assert_eq!(process.cwd(), Path::new("/work"));
+        let mounts = spec.mounts().as_ref().unwrap();
+        let hosts: Vec<_> = mounts
+            .iter()
+            .filter(|m| m.destination() == Path::new("/etc/hosts"))
+            .collect();
+        assert_eq!(hosts.len(), 1, "the volume replaces the pod's hosts file");
+        assert_eq!(
+            hosts[0].options().as_ref().unwrap(),
+            &vec!["rbind".to_string(), "rslave".into(), "ro".into()]
+        );
+        let linux = spec.linux().as_ref().unwrap();
+        assert!(
+            linux
+                .masked_paths()
+                .as_ref()
+                .unwrap()
+                .contains(&"/proc/kcore".to_string())
+        );
+        let caps = process.capabilities().as_ref().unwrap();
+        assert!(
+            caps.bounding()
+                .as_ref()
+                .unwrap()
+                .contains(&Capability::Chown)
+        );
+        assert!(
+            !caps
+                .bounding()
+                .as_ref()
+                .unwrap()
+                .contains(&Capability::SysAdmin)
+        );
+    }
+
+    #[test]
+    fn bad_inputs_name_the_field() {
+        let image = ContainerDefaults::default();
+        let pod = pod();
+        let config = cri::ContainerConfig::default();
+        let (field, _) = build(&inputs(&config, &image, &pod)).unwrap_err();
+        assert_eq!(field, "config.command");
+        let config = cri::ContainerConfig {
+            command: vec!["sh".into()],
+            mounts: vec![cri::Mount {
+                container_path: "/data".into(),
+                host_path: "/nonexistent/crius-test".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (field, _) = build(&inputs(&config, &image, &pod)).unwrap_err();
+        assert_eq!(field, "config.mounts[0].host_path");
+        let config = cri::ContainerConfig {
+            command: vec!["sh".into()],
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    privileged: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (field, _) = build(&inputs(&config, &image, &pod)).unwrap_err();
+        assert_eq!(field, "config.linux.security_context.privileged");
+    }
+}

@@ -1,0 +1,139 @@
+//! A container as the store keeps it.
+
+use std::path::PathBuf;
+
+use k8s_cri::v1 as cri;
+use serde::{Deserialize, Serialize};
+
+use crate::agent::ExitStatus;
+use crate::sandbox::record::AgentProcess;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Exited,
+}
+
+impl ContainerState {
+    pub fn cri(self) -> cri::ContainerState {
+        match self {
+            ContainerState::Created => cri::ContainerState::ContainerCreated,
+            ContainerState::Running => cri::ContainerState::ContainerRunning,
+            ContainerState::Exited => cri::ContainerState::ContainerExited,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub sandbox_id: String,
+    pub config: cri::ContainerConfig,
+    /// The image id (config digest) and the reference kubelet reports as image_ref.
+    pub image_id: String,
+    pub image_ref: String,
+    /// Snapshot chain ids of the image's layers, bottom first: the rootfs's lower dirs, kept
+    /// from garbage collection while the container exists.
+    pub chain_ids: Vec<String>,
+    pub state: ContainerState,
+    /// Nanoseconds since the epoch; 0 until it happens.
+    pub created_at: i64,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    /// The first process while it may run.
+    pub process: Option<AgentProcess>,
+    /// The container's cgroup (relative path).
+    pub cgroup: String,
+    /// The absolute CRI log path, if any.
+    pub log_path: Option<PathBuf>,
+    /// The signal StopContainer sends first (the image's StopSignal).
+    pub stop_signal: i32,
+    /// The container has a PID namespace of its own.
+    pub new_pid_ns: bool,
+}
+
+impl ContainerRecord {
+    pub fn metadata(&self) -> cri::ContainerMetadata {
+        self.config.metadata.clone().unwrap_or_default()
+    }
+
+    /// Takes the exit status the agent recorded.
+    pub fn record_exit(&mut self, exit: &ExitStatus) {
+        self.state = ContainerState::Exited;
+        self.finished_at = exit.finished_at;
+        self.exit_code = exit.exit_code;
+        self.process = None;
+        self.reason = if exit.oom_killed {
+            "OOMKilled"
+        } else if exit.exit_code == 0 {
+            "Completed"
+        } else {
+            "Error"
+        }
+        .to_string();
+    }
+}
+
+/// A stop signal name from an image config ("SIGTERM", "TERM", "15") as a number.
+pub fn parse_signal(name: &str) -> Option<i32> {
+    let name = name.trim();
+    if name.is_empty() {
+        return None;
+    }
+    if let Ok(n) = name.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).ok().map(|s| s as i32);
+    }
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .map(|s| s as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signals() {
+        assert_eq!(parse_signal("SIGTERM"), Some(15));
+        assert_eq!(parse_signal("quit"), Some(3));
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal("SIGNOPE"), None);
+        assert_eq!(parse_signal(""), None);
+    }
+
+    #[test]
+    fn exit_reasons() {
+        let mut r: ContainerRecord = serde_json::from_value(serde_json::json!({
+            "id": "c", "sandbox_id": "p", "config": {}, "image_id": "", "image_ref": "",
+            "chain_ids": [], "state": "Running", "created_at": 1, "started_at": 2,
+            "finished_at": 0, "exit_code": 0, "reason": "", "message": "", "process": null,
+            "cgroup": "", "log_path": null, "stop_signal": 15, "new_pid_ns": true
+        }))
+        .unwrap();
+        let exit = |code, oom| ExitStatus {
+            exit_code: code,
+            signal: 0,
+            finished_at: 3,
+            oom_killed: oom,
+        };
+        r.record_exit(&exit(0, false));
+        assert_eq!(
+            (r.state, r.reason.as_str()),
+            (ContainerState::Exited, "Completed")
+        );
+        r.record_exit(&exit(1, false));
+        assert_eq!(r.reason, "Error");
+        r.record_exit(&exit(137, true));
+        assert_eq!(r.reason, "OOMKilled");
+    }
+}

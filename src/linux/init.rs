@@ -1,0 +1,185 @@
+//! What a freshly forked child of the pod agent does to become a container's process (or a
+//! command exec'd in a running container). Runs single-threaded, after fork: it may allocate,
+//! and returns only with an error message for the agent to report.
+
+use std::convert::Infallible;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use nix::sched::CloneFlags;
+use oci_spec::runtime::Spec;
+
+use super::rootfs::{self, Overlay};
+use super::security;
+
+/// The descriptors that become the process's 0, 1 and 2.
+pub struct Stdio {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    /// stdout is a terminal: it becomes the controlling one.
+    pub tty: bool,
+}
+
+/// What a container's first process needs beside its spec.
+pub struct ContainerSetup<'a> {
+    pub bundle: &'a Path,
+    pub cgroup_procs: &'a [String],
+    pub layers_dir: &'a Path,
+    pub overlay_options: &'a str,
+}
+
+/// Becomes the container's process. Called in the child of clone(CLONE_NEWNS[|CLONE_NEWPID]).
+pub fn container(setup: &ContainerSetup, stdio: Stdio) -> Result<Infallible, String> {
+    reset_signals();
+    attach_stdio(stdio)?;
+    die_with_parent()?;
+    join_cgroup(setup.cgroup_procs)?;
+    if Path::new("/proc/self/ns/cgroup").exists() {
+        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| format!("new cgroup namespace: {e}"))?;
+    }
+    let spec = load_spec(setup.bundle)?;
+    let process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| "config.json has no process".to_string())?;
+    if let Some(adj) = process.oom_score_adj() {
+        // The daemon clamped it to what this host allows.
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| format!("oom_score_adj {adj}: {e}"))?;
+    }
+    security::set_rlimits(&process)?;
+    let root = setup.bundle.join(
+        spec.root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .unwrap_or_else(|| "rootfs".into()),
+    );
+    rootfs::prepare(
+        &spec,
+        &root,
+        &Overlay {
+            layers_dir: setup.layers_dir,
+            options: setup.overlay_options,
+        },
+    )?;
+    let args = process.args().clone().unwrap_or_default();
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    security::finish_and_exec(&process, &args, seccomp.as_ref())
+}
+
+/// Namespaces of a running container that an exec'd command joins (opened by the agent).
+pub struct ExecTarget<'a> {
+    pub bundle: &'a Path,
+    pub mnt: OwnedFd,
+    pub cgroup_ns: Option<OwnedFd>,
+    pub cgroup_procs: &'a [String],
+    pub args: &'a [String],
+}
+
+/// Becomes a command in a running container: its mount and cgroup namespaces (the PID one was
+/// chosen by the agent before fork), its cgroup, and the container's user, capabilities and
+/// seccomp profile.
+pub fn exec(target: ExecTarget, stdio: Stdio) -> Result<Infallible, String> {
+    reset_signals();
+    attach_stdio(stdio)?;
+    die_with_parent()?;
+    // Read while the bundle is still reachable, before entering the container's mounts.
+    let spec = load_spec(target.bundle)?;
+    let process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| "config.json has no process".to_string())?;
+    join_cgroup(target.cgroup_procs)?;
+    if let Some(cg) = &target.cgroup_ns {
+        nix::sched::setns(cg, CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| format!("joining the cgroup namespace: {e}"))?;
+    }
+    nix::sched::setns(&target.mnt, CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("joining the mount namespace: {e}"))?;
+    security::set_rlimits(&process)?;
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    security::finish_and_exec(&process, target.args, seccomp.as_ref())
+}
+
+fn load_spec(bundle: &Path) -> Result<Spec, String> {
+    let path = bundle.join("config.json");
+    Spec::load(&path).map_err(|e| format!("reading {}: {e}", path.display()))
+}
+
+/// The agent blocks SIGCHLD and the Rust runtime ignores SIGPIPE; both would survive execve.
+fn reset_signals() {
+    let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
+    for signal in nix::sys::signal::Signal::iterator() {
+        if matches!(
+            signal,
+            nix::sys::signal::Signal::SIGKILL | nix::sys::signal::Signal::SIGSTOP
+        ) {
+            continue;
+        }
+        // SAFETY: restoring the default disposition installs no handler code.
+        let _ = unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl) };
+    }
+}
+
+/// A new session; the tty (if any) as the controlling terminal; stdio on 0, 1 and 2.
+fn attach_stdio(stdio: Stdio) -> Result<(), String> {
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    if stdio.tty {
+        // SAFETY: TIOCSCTTY takes an integer argument; the fd is an open terminal.
+        if unsafe { libc::ioctl(stdio.stdout.as_raw_fd(), libc::TIOCSCTTY, 0) } != 0 {
+            return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
+        }
+    }
+    for (fd, target) in [
+        (stdio.stdin.as_raw_fd(), 0),
+        (stdio.stdout.as_raw_fd(), 1),
+        (stdio.stderr.as_raw_fd(), 2),
+    ] {
+        dup_onto(fd, target)?;
+    }
+    // 0-2 are the copies now; the originals (above 2) go, unless one already was 0-2.
+    for fd in [stdio.stdin, stdio.stdout, stdio.stderr] {
+        if fd.as_raw_fd() > 2 {
+            drop(fd);
+        } else {
+            std::mem::forget(fd);
+        }
+    }
+    Ok(())
+}
+
+fn dup_onto(fd: RawFd, target: RawFd) -> Result<(), String> {
+    if fd == target {
+        // dup2 onto itself would leave close-on-exec set.
+        // SAFETY: fcntl on an open fd with integer arguments.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        return Ok(());
+    }
+    // SAFETY: dup2 of two descriptor numbers; `fd` is open, `target` is replaced atomically.
+    if unsafe { libc::dup2(fd, target) } < 0 {
+        return Err(format!("dup2: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// If the agent dies, its containers go with it rather than run on unwatched.
+fn die_with_parent() -> Result<(), String> {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes integers only.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
+        return Err(format!(
+            "PR_SET_PDEATHSIG: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// Writing 0 to cgroup.procs moves the writer itself (v1 and v2).
+fn join_cgroup(procs_files: &[String]) -> Result<(), String> {
+    for file in procs_files {
+        std::fs::write(file, "0").map_err(|e| format!("joining {file}: {e}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! A container's root filesystem, built in its own mount namespace: the overlay over the image's
+//! layers, the spec's mounts in order, device nodes, masked and read-only paths, pivot_root.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
+
+use super::path::secure_join;
+
+fn err(what: impl std::fmt::Display) -> impl FnOnce(nix::errno::Errno) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+/// What to mount the overlay from.
+pub struct Overlay<'a> {
+    /// The layers' parent dir: lower dirs in `options` are relative to it, which keeps a mount
+    /// of many layers within the page the kernel accepts for options.
+    pub layers_dir: &'a Path,
+    pub options: &'a str,
+}
+
+/// Builds the root under `rootfs` and pivots into it. Runs in the container's new mount
+/// namespace; nothing done here is visible on the host.
+pub fn prepare(spec: &Spec, rootfs: &Path, overlay: &Overlay) -> Result<(), String> {
+    // Our mounts must not propagate to the host; the host's still reach us.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(err("making / a slave mount"))?;
+    std::env::set_current_dir(overlay.layers_dir)
+        .map_err(|e| format!("entering {}: {e}", overlay.layers_dir.display()))?;
+    mount(
+        Some("overlay"),
+        rootfs,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(overlay.options),
+    )
+    .map_err(err(format!(
+        "mounting the overlay rootfs at {}",
+        rootfs.display()
+    )))?;
+
+    for m in spec.mounts().iter().flatten() {
+        mount_one(rootfs, m)?;
+    }
+    let linux = spec.linux().clone().unwrap_or_default();
+    for device in linux.devices().iter().flatten() {
+        create_device(rootfs, device)?;
+    }
+    dev_symlinks(rootfs);
+    if let Some(cwd) = spec.process().as_ref().map(|p| p.cwd().clone()) {
+        let dir = secure_join(rootfs, &cwd)?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("creating the working dir {}: {e}", cwd.display()))?;
+    }
+    for path in linux.masked_paths().iter().flatten() {
+        mask(rootfs, path)?;
+    }
+    for path in linux.readonly_paths().iter().flatten() {
+        make_readonly(rootfs, path)?;
+    }
+    pivot(rootfs)?;
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(err("making the rootfs read-only"))?;
+    }
+    Ok(())
+}
+
+/// Mount options as flags, propagation flags and the data string for the filesystem.
+pub fn parse_options(options: &[String]) -> (MsFlags, MsFlags, String) {
+    let mut flags = MsFlags::empty();
+    let mut propagation = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in options {
+        match o.as_str() {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" | "defaults" => {}
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "bind" => flags |= MsFlags::MS_BIND,
+            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            "relatime" => flags |= MsFlags::MS_RELATIME,
+            "strictatime" => flags |= MsFlags::MS_STRICTATIME,
+            "noatime" => flags |= MsFlags::MS_NOATIME,
+            "sync" => flags |= MsFlags::MS_SYNCHRONOUS,
+            "private" => propagation |= MsFlags::MS_PRIVATE,
+            "rprivate" => propagation |= MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+            "slave" => propagation |= MsFlags::MS_SLAVE,
+            "rslave" => propagation |= MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            "shared" => propagation |= MsFlags::MS_SHARED,
+            "rshared" => propagation |= MsFlags::MS_SHARED | MsFlags::MS_REC,
+            other => data.push(other.to_string()),
+        }
+    }
+    (flags, propagation, data.join(","))
+}
+
+fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), String> {
+    let options = m.options().clone().unwrap_or_default();
+    let (flags, propagation, data) = parse_options(&options);
+    let typ = m.typ().clone().unwrap_or_default();
+    let target = secure_join(rootfs, m.destination())?;
+    let is_bind = flags.contains(MsFlags::MS_BIND) || typ == "bind";
+    let source = m.source().clone().unwrap_or_else(|| PathBuf::from(&typ));
+    // A file is bind-mounted onto a file, anything else onto a directory.
+    let onto_file = is_bind && std::fs::metadata(&source).is_ok_and(|s| !s.is_dir());
+    if onto_file {
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+        }
+        if !target.exists() {
+            std::fs::File::create(&target)
+                .map_err(|e| format!("creating {}: {e}", target.display()))?;
+        }
+    } else {
+        std::fs::create_dir_all(&target)
+            .map_err(|e| format!("creating {}: {e}", target.display()))?;
+    }
+    let what = format!(
+        "mounting {} at {}",
+        source.display(),
+        m.destination().display()
+    );
+    if typ == "cgroup" {
+        return mount_cgroups(&target, flags);
+    }
+    if is_bind {
+        let base = MsFlags::MS_BIND | (flags & MsFlags::MS_REC);
+        mount(Some(&source), &target, None::<&str>, base, None::<&str>).map_err(err(&what))?;
+        // Bind mounts take their other flags only on a remount.
+        let extra = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
+        if !extra.is_empty() {
+            mount(
+                None::<&str>,
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
+                None::<&str>,
+            )
+            .map_err(err(format!("{what} (remount {options:?})")))?;
+        }
+    } else {
+        let data = (!data.is_empty()).then_some(data.as_str());
+        mount(Some(&source), &target, Some(typ.as_str()), flags, data).map_err(err(&what))?;
+    }
+    if !propagation.is_empty() {
+        mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            propagation,
+            None::<&str>,
+        )
+        .map_err(err(format!("{what} (propagation)")))?;
+    }
+    Ok(())
+}
+
+/// /sys/fs/cgroup as the container sees it: its own cgroup as the root (the process is in a new
+/// cgroup namespace by now). v2 is one mount; v1 is a tmpfs holding one mount per hierarchy.
+fn mount_cgroups(target: &Path, flags: MsFlags) -> Result<(), String> {
+    let flags = flags | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v1 = Vec::new();
+    let mut v2 = false;
+    for line in mountinfo.lines() {
+        let Some((head, tail)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut tail = tail.split_whitespace();
+        let fstype = tail.next().unwrap_or_default();
+        let super_options = tail.nth(1).unwrap_or_default();
+        let Some(point) = head.split_whitespace().nth(4) else {
+            continue;
+        };
+        if point == "/sys/fs/cgroup" && fstype == "cgroup2" {
+            v2 = true;
+        }
+        if fstype == "cgroup"
+            && let Some(name) = point.strip_prefix("/sys/fs/cgroup/")
+        {
+            let options: Vec<&str> = super_options
+                .split(',')
+                .filter(|o| *o != "rw" && *o != "ro")
+                .collect();
+            v1.push((name.to_string(), options.join(",")));
+        }
+    }
+    if v2 {
+        return mount(Some("cgroup"), target, Some("cgroup2"), flags, None::<&str>)
+            .map_err(err("mounting cgroup2"));
+    }
+    mount(
+        Some("tmpfs"),
+        target,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=755"),
+    )
+    .map_err(err("mounting the cgroup tmpfs"))?;
+    for (name, options) in &v1 {
+        let dir = target.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        mount(
+            Some("cgroup"),
+            &dir,
+            Some("cgroup"),
+            flags,
+            Some(options.as_str()),
+        )
+        .map_err(err(format!("mounting cgroup {name}")))?;
+    }
+    // The usual aliases of co-mounted hierarchies (cpu -> cpu,cpuacct).
+    for (name, _) in &v1 {
+        if name.contains(',') {
+            for part in name.split(',') {
+                let _ = symlink(name, target.join(part));
+            }
+        }
+    }
+    if flags.contains(MsFlags::MS_RDONLY) {
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=755"),
+        )
+        .map_err(err("making the cgroup tmpfs read-only"))?;
+    }
+    Ok(())
+}
+
+fn create_device(rootfs: &Path, device: &LinuxDevice) -> Result<(), String> {
+    let target = secure_join(rootfs, device.path())?;
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    }
+    let kind = match device.typ() {
+        LinuxDeviceType::B => SFlag::S_IFBLK,
+        LinuxDeviceType::P => SFlag::S_IFIFO,
+        _ => SFlag::S_IFCHR,
+    };
+    let mode = Mode::from_bits_truncate(device.file_mode().unwrap_or(0o666));
+    let dev = makedev(device.major() as u64, device.minor() as u64);
+    let _ = std::fs::remove_file(&target);
+    mknod(&target, kind, mode, dev).map_err(err(format!("mknod {}", device.path().display())))?;
+    // mknod applies the umask; the spec's mode is meant exactly.
+    nix::sys::stat::fchmodat(
+        nix::fcntl::AT_FDCWD,
+        &target,
+        mode,
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
+    .map_err(err(format!("chmod {}", device.path().display())))?;
+    nix::unistd::chown(
+        &target,
+        Some(nix::unistd::Uid::from_raw(device.uid().unwrap_or(0))),
+        Some(nix::unistd::Gid::from_raw(device.gid().unwrap_or(0))),
+    )
+    .map_err(err(format!("chown {}", device.path().display())))
+}
+
+/// The links every /dev has.
+fn dev_symlinks(rootfs: &Path) {
+    let dev = rootfs.join("dev");
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+        ("core", "/proc/kcore"),
+    ] {
+        if std::fs::symlink_metadata(dev.join(link)).is_err() {
+            let _ = symlink(target, dev.join(link));
+        }
+    }
+}
+
+/// Hides a path: an empty read-only tmpfs over a directory, /dev/null over a file.
+fn mask(rootfs: &Path, path: &str) -> Result<(), String> {
+    let target = secure_join(rootfs, Path::new(path))?;
+    let Ok(meta) = std::fs::metadata(&target) else {
+        return Ok(());
+    };
+    let result = if meta.is_dir() {
+        mount(
+            Some("tmpfs"),
+            &target,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+    } else {
+        mount(
+            Some("/dev/null"),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+    };
+    result.map_err(err(format!("masking {path}")))
+}
+
+fn make_readonly(rootfs: &Path, path: &str) -> Result<(), String> {
+    let target = secure_join(rootfs, Path::new(path))?;
+    if !target.exists() {
+        return Ok(());
+    }
+    mount(
+        Some(&target),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(err(format!("binding {path}")))?;
+    mount(
+        None::<&str>,
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(err(format!("making {path} read-only")))
+}
+
+/// pivot_root with the old root stacked under the new one, then detached.
+fn pivot(rootfs: &Path) -> Result<(), String> {
+    std::env::set_current_dir(rootfs).map_err(|e| format!("entering {}: {e}", rootfs.display()))?;
+    nix::unistd::pivot_root(".", ".").map_err(err("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(err("detaching the old root"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("entering /: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_options() {
+        let o = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let (flags, prop, data) =
+            parse_options(&o(&["nosuid", "strictatime", "mode=755", "size=65536k"]));
+        assert_eq!(flags, MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME);
+        assert!(prop.is_empty());
+        assert_eq!(data, "mode=755,size=65536k");
+        let (flags, prop, data) = parse_options(&o(&["rbind", "ro", "rslave"]));
+        assert_eq!(
+            flags,
+            MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY
+        );
+        assert_eq!(prop, MsFlags::MS_SLAVE | MsFlags::MS_REC);
+        assert!(data.is_empty());
+    }
+}

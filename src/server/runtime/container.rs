@@ -1,0 +1,156 @@
+//! CreateContainer, StartContainer, StopContainer, RemoveContainer, ContainerStatus,
+//! ListContainers, ExecSync, ReopenContainerLog.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+
+use crate::container::labels_match;
+use crate::container::record::ContainerRecord;
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+pub async fn create(
+    ctx: &Context,
+    req: cri::CreateContainerRequest,
+) -> Result<cri::CreateContainerResponse> {
+    let config = req
+        .config
+        .ok_or_else(|| Error::invalid("config", "missing"))?;
+    let id = ctx
+        .containers
+        .create(&ctx.sandboxes, &req.pod_sandbox_id, config)
+        .await?;
+    Ok(cri::CreateContainerResponse { container_id: id })
+}
+
+pub async fn start(ctx: &Context, id: &str) -> Result<cri::StartContainerResponse> {
+    ctx.containers.start(&ctx.sandboxes, id).await?;
+    Ok(cri::StartContainerResponse {})
+}
+
+pub async fn stop(ctx: &Context, id: &str, timeout: i64) -> Result<cri::StopContainerResponse> {
+    let timeout = Duration::from_secs(timeout.max(0) as u64);
+    ctx.containers.stop(&ctx.sandboxes, id, timeout).await?;
+    Ok(cri::StopContainerResponse {})
+}
+
+pub async fn remove(ctx: &Context, id: &str) -> Result<cri::RemoveContainerResponse> {
+    ctx.containers.remove(&ctx.sandboxes, id).await?;
+    Ok(cri::RemoveContainerResponse {})
+}
+
+/// The CRI view of a container.
+pub fn status_of(record: &ContainerRecord) -> cri::ContainerStatus {
+    let config = &record.config;
+    cri::ContainerStatus {
+        id: record.id.clone(),
+        metadata: config.metadata.clone(),
+        state: record.state.cri() as i32,
+        created_at: record.created_at,
+        started_at: record.started_at,
+        finished_at: record.finished_at,
+        exit_code: record.exit_code,
+        image: config.image.clone(),
+        image_ref: record.image_ref.clone(),
+        image_id: record.image_id.clone(),
+        reason: record.reason.clone(),
+        message: record.message.clone(),
+        labels: config.labels.clone(),
+        annotations: config.annotations.clone(),
+        mounts: config.mounts.clone(),
+        log_path: record
+            .log_path
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        resources: config.linux.as_ref().map(|l| cri::ContainerResources {
+            linux: l.resources.clone(),
+            windows: None,
+        }),
+        user: None,
+    }
+}
+
+pub async fn status(
+    ctx: &Context,
+    req: &cri::ContainerStatusRequest,
+) -> Result<cri::ContainerStatusResponse> {
+    let record = ctx
+        .containers
+        .get(&req.container_id, &ctx.sandboxes)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            kind: "container",
+            id: req.container_id.clone(),
+        })?;
+    let mut info = HashMap::new();
+    if req.verbose {
+        let details = serde_json::json!({
+            "sandboxID": record.sandbox_id,
+            "pid": record.process.map(|p| p.pid),
+            "cgroup": record.cgroup,
+            "chainIDs": record.chain_ids,
+            "config": record.config,
+            "runtimeSpec": std::fs::read_to_string(
+                ctx.config.root.join("containers").join(&record.id).join("config.json")
+            ).ok().and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok()),
+        });
+        info.insert("info".to_string(), details.to_string());
+    }
+    Ok(cri::ContainerStatusResponse {
+        status: Some(status_of(&record)),
+        info,
+    })
+}
+
+pub async fn list(
+    ctx: &Context,
+    req: cri::ListContainersRequest,
+) -> Result<cri::ListContainersResponse> {
+    let filter = req.filter.unwrap_or_default();
+    let containers = ctx
+        .containers
+        .list(&ctx.sandboxes)
+        .await?
+        .into_iter()
+        .filter(|r| filter.id.is_empty() || r.id.starts_with(&filter.id))
+        .filter(|r| {
+            filter.pod_sandbox_id.is_empty() || r.sandbox_id.starts_with(&filter.pod_sandbox_id)
+        })
+        .filter(|r| filter.state.is_none_or(|s| s.state == r.state.cri() as i32))
+        .filter(|r| labels_match(&r.config.labels, &filter.label_selector))
+        .map(|r| cri::Container {
+            id: r.id.clone(),
+            pod_sandbox_id: r.sandbox_id.clone(),
+            metadata: r.config.metadata.clone(),
+            image: r.config.image.clone(),
+            image_ref: r.image_ref.clone(),
+            image_id: r.image_id.clone(),
+            state: r.state.cri() as i32,
+            created_at: r.created_at,
+            labels: r.config.labels.clone(),
+            annotations: r.config.annotations.clone(),
+        })
+        .collect();
+    Ok(cri::ListContainersResponse { containers })
+}
+
+pub async fn exec_sync(ctx: &Context, req: cri::ExecSyncRequest) -> Result<cri::ExecSyncResponse> {
+    let timeout = Duration::from_secs(req.timeout.max(0) as u64);
+    let (stdout, stderr, exit_code) = ctx
+        .containers
+        .exec_sync(&ctx.sandboxes, &req.container_id, req.cmd, timeout)
+        .await?;
+    Ok(cri::ExecSyncResponse {
+        stdout,
+        stderr,
+        exit_code,
+    })
+}
+
+pub async fn reopen_log(ctx: &Context, id: &str) -> Result<cri::ReopenContainerLogResponse> {
+    ctx.containers.reopen_log(&ctx.sandboxes, id).await?;
+    Ok(cri::ReopenContainerLogResponse {})
+}
