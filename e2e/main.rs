@@ -3,6 +3,7 @@
 mod harness;
 mod registry;
 
+mod containers;
 mod daemon_lifecycle;
 mod images;
 mod runtime_info;

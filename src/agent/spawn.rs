@@ -117,8 +117,8 @@ pub fn container(start: &StartContainer) -> Result<Started, String> {
         let (err_r, err_w) = pipe()?;
         (out_w, err_w, out_r, Some(err_r))
     };
-    // A tty carries stdin too when the container asked for it.
-    let stdin_child = if start.tty && start.stdin {
+    // With a tty all three are the terminal, as the OCI spec's `terminal` means.
+    let stdin_child = if start.tty {
         child_out.try_clone().map_err(|e| format!("dup: {e}"))?
     } else {
         stdin_child

@@ -163,12 +163,12 @@ impl Containers {
             self.save(&record).await?;
             return Ok(record);
         }
-        let process_alive = record.process.is_some_and(|p| p.is_alive());
+        // While the agent lives it records every exit; only its death loses them.
         let agent_alive = sandboxes
             .get(&record.sandbox_id)?
             .and_then(|s| s.agent)
             .is_some_and(|a| a.is_alive());
-        if !process_alive || !agent_alive {
+        if !agent_alive {
             // Read again: the agent may have written it since.
             if let Some(exit) = self.read_exit(&record.id) {
                 record.record_exit(&exit);
