@@ -457,9 +457,8 @@ async fn registry_errors_have_the_right_codes() {
         let err = pull(&daemon, bad).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{bad}: {err:?}");
     }
-    let err = remove(&daemon, "never-pulled:1").await.unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
-    assert!(err.message().contains("never-pulled"), "{}", err.message());
+    // RemoveImage is idempotent: an image that is not here is not an error.
+    remove(&daemon, "never-pulled:1").await.unwrap();
     assert!(list(&daemon).await.is_empty());
 }
 
@@ -567,8 +566,7 @@ async fn removing_one_of_several_names_keeps_the_image() {
     assert!(status(&daemon, &bb.id).await.is_none());
     assert!(list(&daemon).await.is_empty());
     wait_for_store(&daemon, 0, 0).await;
-    let err = remove(&daemon, &bb.id).await.unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+    remove(&daemon, &bb.id).await.unwrap();
 
     // By id or by digest, the whole image goes whatever names it has.
     for by in [bb.id.clone(), format!("{}@{}", bb.repo, bb.manifest)] {

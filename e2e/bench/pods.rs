@@ -1,5 +1,6 @@
-//! Pod benchmark: RunPodSandbox (CNI bridge) and StopPodSandbox+RemovePodSandbox latency, and
-//! the memory of the runtime with 10 and 100 pods running — crius next to containerd 1.6 + runc
+//! Pod benchmark: RunPodSandbox (CNI bridge), CreateContainer+StartContainer of one container
+//! per pod, and StopPodSandbox+RemovePodSandbox latency, and the memory of the runtime and of
+//! each pod's runtime processes with 10 and 100 pods running — crius next to containerd 1.6 + runc
 //! (its own root and socket, the same CNI plugins, a pause image from the local registry), in
 //! the same run. Prints medians, p90s and RSS; asserts nothing.
 //!
@@ -48,8 +49,26 @@ fn config(n: usize, dir: &TestDir) -> cri::PodSandboxConfig {
     }
 }
 
+/// The workload: a sleep that is not the pause process (containerd's pause runs the same image).
+fn container_config(image: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "work".into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.to_string(),
+            ..Default::default()
+        }),
+        command: vec!["/bin/sleep".into(), "999999".into()],
+        log_path: "work.log".into(),
+        ..Default::default()
+    }
+}
+
 struct Measured {
     run: Vec<Duration>,
+    create_start: Vec<Duration>,
     stop_remove: Vec<Duration>,
     /// (pods, runtime RSS KiB, per-pod RSS KiB, per-pod PSS KiB)
     rss: Vec<(usize, u64, u64, u64)>,
@@ -60,6 +79,7 @@ struct Measured {
 async fn scenario(
     socket: &Path,
     dir: &TestDir,
+    image: &str,
     runtime_rss: impl Fn() -> u64,
     per_pod: impl Fn() -> Vec<u32>,
 ) -> Result<Measured, String> {
@@ -67,6 +87,7 @@ async fn scenario(
     let mut rt = cri::runtime_service_client::RuntimeServiceClient::new(channel);
     let mut m = Measured {
         run: vec![],
+        create_start: vec![],
         stop_remove: vec![],
         rss: vec![],
     };
@@ -84,6 +105,25 @@ async fn scenario(
             .pod_sandbox_id;
         if n < TIMED_PODS {
             m.run.push(started.elapsed());
+        }
+        let started = Instant::now();
+        let container = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: id.clone(),
+                config: Some(container_config(image)),
+                sandbox_config: Some(config(n, dir)),
+            })
+            .await
+            .map_err(|e| format!("CreateContainer {n}: {}", e.message()))?
+            .into_inner()
+            .container_id;
+        rt.start_container(cri::StartContainerRequest {
+            container_id: container,
+        })
+        .await
+        .map_err(|e| format!("StartContainer {n}: {}", e.message()))?;
+        if n < TIMED_PODS {
+            m.create_start.push(started.elapsed());
         }
         ids.push(id);
         if n + 1 == 10 || n + 1 == 100 {
@@ -116,9 +156,11 @@ async fn scenario(
 
 fn report(name: &str, m: &Measured) {
     println!(
-        "{name}: RunPodSandbox median {} p90 {}; Stop+Remove median {} p90 {}",
+        "{name}: RunPodSandbox median {} p90 {}; CreateContainer+StartContainer median {} p90 {}; Stop+Remove median {} p90 {}",
         ms(median(m.run.clone())),
         ms(p90(m.run.clone())),
+        ms(median(m.create_start.clone())),
+        ms(p90(m.create_start.clone())),
         ms(median(m.stop_remove.clone())),
         ms(p90(m.stop_remove.clone()))
     );
@@ -140,11 +182,23 @@ async fn main() {
     // crius
     let daemon = Daemon::start("").await;
     daemon.dir.write_bridge_cni_config();
+    let channel = harness::connect(&daemon.socket()).await.unwrap();
+    cri::image_service_client::ImageServiceClient::new(channel)
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: pause.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("crius: pull the workload image");
     let daemon_pid = daemon.pid().as_raw() as u32;
     let agents_of = daemon.dir.state().join("agents").display().to_string();
     let crius = scenario(
         &daemon.socket(),
         &daemon.dir,
+        &pause,
         || rss_kib(daemon_pid),
         || pids_of(&agents_of),
     )
@@ -177,6 +231,7 @@ async fn main() {
     let theirs = scenario(
         &containerd.socket(),
         &net_dir,
+        &pause,
         || rss_kib(containerd_pid),
         // Each pod: a containerd-shim-runc-v2 and its pause process.
         || {
@@ -207,8 +262,12 @@ async fn main() {
     report("containerd 1.6", &theirs);
     let ratio = |a: Duration, b: Duration| b.as_secs_f64() / a.as_secs_f64();
     println!(
-        "containerd/crius: RunPodSandbox {:.1}x, Stop+Remove {:.1}x",
+        "containerd/crius: RunPodSandbox {:.1}x, CreateContainer+StartContainer {:.1}x, Stop+Remove {:.1}x",
         ratio(median(crius.run.clone()), median(theirs.run.clone())),
+        ratio(
+            median(crius.create_start.clone()),
+            median(theirs.create_start.clone())
+        ),
         ratio(
             median(crius.stop_remove.clone()),
             median(theirs.stop_remove.clone())

@@ -344,7 +344,19 @@ impl Containers {
         )
         .map_err(|e| Error::invalid("config.linux.security_context.run_as_user", e))?;
         let new_pid_ns = new_pid_namespace(pod, &security)?;
+        if security.run_as_group.is_some()
+            && security.run_as_user.is_none()
+            && security.run_as_username.is_empty()
+        {
+            return Err(Error::invalid(
+                "config.linux.security_context.run_as_group",
+                "set without run_as_user or run_as_username",
+            ));
+        }
         let all_caps: Vec<String> = caps::all().iter().map(|c| c.to_string()).collect();
+        let grantable: Vec<String> = caps::read(None, caps::CapSet::Bounding)
+            .map(|set| set.iter().map(|c| c.to_string()).collect())
+            .unwrap_or_else(|_| all_caps.clone());
         let all_caps_ref: Vec<&str> = all_caps.iter().map(String::as_str).collect();
         let granted = if security.privileged {
             all_caps.clone()
@@ -396,6 +408,7 @@ impl Containers {
             oom_score_adj: clamp_oom_score_adj(requested_adj),
             cgroup_path: cgroups::sandbox::sandbox_path(&cgroup_parent, id),
             all_capabilities: &all_caps_ref,
+            grantable: &grantable,
             host_devices: if security.privileged {
                 oci::host_devices()
             } else {

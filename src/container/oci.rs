@@ -44,6 +44,9 @@ pub struct SpecInputs<'a> {
     pub cgroup_path: String,
     /// Capabilities this kernel knows, for "ALL" and validation.
     pub all_capabilities: &'a [&'a str],
+    /// Capabilities the runtime itself holds: no container gets more (root here may lack
+    /// some, e.g. CAP_SYS_RESOURCE).
+    pub grantable: &'a [String],
     /// Char and block devices of the host, for privileged containers.
     pub host_devices: Vec<LinuxDevice>,
 }
@@ -266,6 +269,10 @@ pub fn build(input: &SpecInputs) -> Result<Spec, Invalid> {
             })
             .collect()
     };
+    let caps: Vec<String> = caps
+        .into_iter()
+        .filter(|c| input.grantable.contains(c))
+        .collect();
     let cap_set = to_set(&caps)?;
     let ambient_names = spec::capabilities(
         &requested.add_ambient_capabilities,
@@ -273,6 +280,10 @@ pub fn build(input: &SpecInputs) -> Result<Spec, Invalid> {
         input.all_capabilities,
     )
     .map_err(|e| ("config.linux.security_context.capabilities".to_string(), e))?;
+    let ambient_names: Vec<String> = ambient_names
+        .into_iter()
+        .filter(|c| input.grantable.contains(c))
+        .collect();
     let ambient = to_set(&ambient_names)?;
     let mut capabilities = LinuxCapabilities::default();
     capabilities.set_bounding(Some(cap_set.clone()));
@@ -555,6 +566,12 @@ pub fn host_devices() -> Vec<LinuxDevice> {
 mod tests {
     use super::*;
 
+    static GRANTABLE: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        ["CAP_CHOWN", "CAP_KILL", "CAP_SYS_ADMIN", "CAP_NET_RAW"]
+            .map(String::from)
+            .to_vec()
+    });
+
     fn inputs<'a>(
         config: &'a cri::ContainerConfig,
         image: &'a ContainerDefaults,
@@ -574,6 +591,7 @@ mod tests {
             oom_score_adj: 0,
             cgroup_path: "crius/crius-abc".into(),
             all_capabilities: &["CAP_CHOWN", "CAP_KILL", "CAP_SYS_ADMIN", "CAP_NET_RAW"],
+            grantable: &GRANTABLE,
             host_devices: vec![],
         }
     }

@@ -113,13 +113,26 @@ mod tests {
 
     #[test]
     fn exit_reasons() {
-        let mut r: ContainerRecord = serde_json::from_value(serde_json::json!({
-            "id": "c", "sandbox_id": "p", "config": {}, "image_id": "", "image_ref": "",
-            "chain_ids": [], "state": "Running", "created_at": 1, "started_at": 2,
-            "finished_at": 0, "exit_code": 0, "reason": "", "message": "", "process": null,
-            "cgroup": "", "log_path": null, "stop_signal": 15, "new_pid_ns": true
-        }))
-        .unwrap();
+        let mut r = ContainerRecord {
+            id: "c".into(),
+            sandbox_id: "p".into(),
+            config: cri::ContainerConfig::default(),
+            image_id: String::new(),
+            image_ref: String::new(),
+            chain_ids: vec![],
+            state: ContainerState::Running,
+            created_at: 1,
+            started_at: 2,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            process: None,
+            cgroup: String::new(),
+            log_path: None,
+            stop_signal: 15,
+            new_pid_ns: true,
+        };
         let exit = |code, oom| ExitStatus {
             exit_code: code,
             signal: 0,

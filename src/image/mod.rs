@@ -197,11 +197,13 @@ impl Images {
     /// Removes an image. Named by one of several tags, only that tag goes (as `docker rmi`
     /// does); named by its last tag, its id or a digest, the whole image goes. What no image
     /// uses any more is garbage-collected in the background.
+    /// Idempotent, as the CRI requires (kubelet and the critest idempotence specs remove
+    /// images that may already be gone): an unknown image is not an error.
     pub async fn remove(self: &Arc<Self>, name: &str) -> Result<()> {
-        let info = self.lookup(name)?.ok_or_else(|| Error::NotFound {
-            kind: "image",
-            id: name.to_string(),
-        })?;
+        let Some(info) = self.lookup(name)? else {
+            tracing::debug!(image = name, "RemoveImage of an image that is not here");
+            return Ok(());
+        };
         let id = info.record.id.to_string();
         let tag = Reference::parse(name)
             .ok()
