@@ -11,7 +11,7 @@ use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
 use super::proto::{ExecSync, StartContainer};
-use crate::linux::init::{self, ContainerSetup, ExecTarget, Stdio};
+use crate::linux::init::{self, ConsoleSocket, ContainerSetup, ExecTarget, Stdio};
 
 /// A started process and the agent's ends of its stdio.
 pub struct Started {
@@ -103,25 +103,21 @@ pub fn container(start: &StartContainer) -> Result<Started, String> {
     } else {
         (dev_null()?, None)
     };
-    let (child_out, child_err, out, err) = if start.tty {
-        let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
-        fcntl(
-            pty.master.as_fd(),
-            FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    // With a tty the child makes the terminal inside the container and sends us its master
+    // side; until then its stdio is /dev/null.
+    let (child_out, child_err, out, err, console) = if start.tty {
+        let (ours, theirs) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
         )
-        .map_err(|e| format!("fcntl: {e}"))?;
-        let slave_err = pty.slave.try_clone().map_err(|e| format!("dup: {e}"))?;
-        (pty.slave, slave_err, pty.master, None)
+        .map_err(|e| format!("socketpair: {e}"))?;
+        (dev_null()?, dev_null()?, None, None, Some((ours, theirs)))
     } else {
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
-        (out_w, err_w, out_r, Some(err_r))
-    };
-    // With a tty all three are the terminal, as the OCI spec's `terminal` means.
-    let stdin_child = if start.tty {
-        child_out.try_clone().map_err(|e| format!("dup: {e}"))?
-    } else {
-        stdin_child
+        (out_w, err_w, Some(out_r), Some(err_r), None)
     };
     let (error_read, error_write) = pipe()?;
     let mut flags = CloneFlags::CLONE_NEWNS;
@@ -159,18 +155,28 @@ pub fn container(start: &StartContainer) -> Result<Started, String> {
             stdin: stdin_child,
             stdout: child_out,
             stderr: child_err,
-            tty: start.tty,
+            tty: false,
         };
-        let Err(message) = init::container(&setup, stdio);
+        let console = console.map(|(_, theirs)| ConsoleSocket(theirs));
+        let Err(message) = init::container(&setup, stdio, console);
         fail_child(&error_write, &message);
     }
     drop((error_write, child_out, child_err, stdin_child));
+    let out = match (out, console) {
+        (Some(out), _) => Some(out),
+        (None, Some((ours, theirs))) => {
+            drop(theirs);
+            receive_terminal(&ours)
+        }
+        (None, None) => None,
+    };
     await_exec(pid, error_read)?;
+    let out = out.ok_or_else(|| "the container sent no terminal".to_string())?;
     nonblocking(&out)?;
     if let Some(e) = &err {
         nonblocking(e)?;
     }
-    // With a tty and stdin, the master is the way in as well.
+    // With a tty, the master is the way in as well.
     let stdin = match (start.tty, stdin_keep) {
         (true, _) if start.stdin => Some(out.try_clone().map_err(|e| format!("dup: {e}"))?),
         (_, keep) => keep,
@@ -246,4 +252,30 @@ pub fn exec(container: Pid, exec: &ExecSync) -> Result<Started, String> {
         stderr: Some(err_r),
         stdin: None,
     })
+}
+
+/// The terminal master a container's first process sends over `socket`; None if it exited
+/// first (its error pipe says why).
+fn receive_terminal(socket: &OwnedFd) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let message = nix::sys::socket::recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    for cmsg in message.cmsgs().ok()? {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = cmsg
+            && let Some(fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed this descriptor in our table for us; nothing
+            // else owns it.
+            return Some(unsafe { OwnedFd::from_raw_fd(*fd) });
+        }
+    }
+    None
 }

@@ -21,6 +21,10 @@ pub struct Stdio {
     pub tty: bool,
 }
 
+/// Where a container with a terminal sends the terminal's master side. The terminal is made
+/// inside the container, from its own /dev/pts, so that the container can name it.
+pub struct ConsoleSocket(pub OwnedFd);
+
 /// What a container's first process needs beside its spec.
 pub struct ContainerSetup<'a> {
     pub bundle: &'a Path,
@@ -30,7 +34,11 @@ pub struct ContainerSetup<'a> {
 }
 
 /// Becomes the container's process. Called in the child of clone(CLONE_NEWNS[|CLONE_NEWPID]).
-pub fn container(setup: &ContainerSetup, stdio: Stdio) -> Result<Infallible, String> {
+pub fn container(
+    setup: &ContainerSetup,
+    stdio: Stdio,
+    console: Option<ConsoleSocket>,
+) -> Result<Infallible, String> {
     reset_signals();
     attach_stdio(stdio)?;
     die_with_parent()?;
@@ -64,9 +72,48 @@ pub fn container(setup: &ContainerSetup, stdio: Stdio) -> Result<Infallible, Str
             options: setup.overlay_options,
         },
     )?;
+    if let Some(console) = console {
+        open_terminal(console)?;
+    }
     let args = process.args().clone().unwrap_or_default();
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     security::finish_and_exec(&process, &args, seccomp.as_ref())
+}
+
+/// A new terminal from the container's /dev/ptmx: its master goes to the agent, its slave
+/// becomes stdin, stdout, stderr and the controlling terminal.
+fn open_terminal(console: ConsoleSocket) -> Result<(), String> {
+    use nix::fcntl::OFlag;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| format!("opening /dev/ptmx: {e}"))?;
+    nix::pty::grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
+    nix::pty::unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
+    let name = nix::pty::ptsname_r(&master).map_err(|e| format!("ptsname: {e}"))?;
+    let slave: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&name)
+        .map_err(|e| format!("opening {name}: {e}"))?
+        .into();
+    let fds = [master.as_raw_fd()];
+    let message = [std::io::IoSlice::new(b"t")];
+    nix::sys::socket::sendmsg::<()>(
+        console.0.as_raw_fd(),
+        &message,
+        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| format!("sending the terminal: {e}"))?;
+    drop(master);
+    for target in 0..=2 {
+        dup_onto(slave.as_raw_fd(), target)?;
+    }
+    // SAFETY: TIOCSCTTY takes an integer argument; fd 0 is the open terminal.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+        return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Namespaces of a running container that an exec'd command joins (opened by the agent).
