@@ -490,6 +490,20 @@ pub fn build(input: &SpecInputs) -> Result<Spec, Invalid> {
         input.seccomp.clone()
     });
     linux.set_sysctl(None);
+    // A volume that propagates back to the host needs the container's mounts to stay peers
+    // of the host's.
+    let has = |opt: &str| {
+        mounts
+            .iter()
+            .any(|m| m.options().iter().flatten().any(|o| o == opt))
+    };
+    linux.set_rootfs_propagation(if has("rshared") {
+        Some("rshared".into())
+    } else if has("rslave") {
+        Some("rslave".into())
+    } else {
+        None
+    });
 
     let mut root = Root::default();
     root.set_path("rootfs".into());
@@ -500,8 +514,8 @@ pub fn build(input: &SpecInputs) -> Result<Spec, Invalid> {
     spec.set_root(Some(root));
     spec.set_hostname(Some(input.pod.hostname.clone()));
     spec.set_process(Some(process));
-    spec.set_mounts(Some(mounts));
     spec.set_linux(Some(linux));
+    spec.set_mounts(Some(mounts));
     spec.set_hooks(None);
     let annotations: HashMap<String, String> = config.annotations.clone();
     spec.set_annotations(Some(annotations));

@@ -25,15 +25,32 @@ pub struct Overlay<'a> {
 /// Builds the root under `rootfs` and pivots into it. Runs in the container's new mount
 /// namespace; nothing done here is visible on the host.
 pub fn prepare(spec: &Spec, rootfs: &Path, overlay: &Overlay) -> Result<(), String> {
-    // Our mounts must not propagate to the host; the host's still reach us.
+    // The host's mounts reach us; ours reach the host only through volumes that ask for it
+    // (rshared), and those need the copies of the host's mounts to stay in their peer groups.
+    let linux = spec.linux().clone().unwrap_or_default();
+    let propagation = match linux.rootfs_propagation().as_deref() {
+        Some("rshared") | Some("shared") => MsFlags::MS_SHARED,
+        _ => MsFlags::MS_SLAVE,
+    };
     mount(
         None::<&str>,
         "/",
         None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        MsFlags::MS_REC | propagation,
         None::<&str>,
     )
-    .map_err(err("making / a slave mount"))?;
+    .map_err(err("setting the propagation of /"))?;
+    // The mount holding the rootfs is private here, so the rootfs and everything mounted in
+    // it stay in this namespace whatever the propagation of /.
+    let holder = mount_point_of(rootfs.parent().unwrap_or(rootfs));
+    mount(
+        None::<&str>,
+        &holder,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(err(format!("making {} private", holder.display())))?;
     std::env::set_current_dir(overlay.layers_dir)
         .map_err(|e| format!("entering {}: {e}", overlay.layers_dir.display()))?;
     mount(
@@ -51,7 +68,6 @@ pub fn prepare(spec: &Spec, rootfs: &Path, overlay: &Overlay) -> Result<(), Stri
     for m in spec.mounts().iter().flatten() {
         mount_one(rootfs, m)?;
     }
-    let linux = spec.linux().clone().unwrap_or_default();
     for device in linux.devices().iter().flatten() {
         create_device(rootfs, device)?;
     }
@@ -84,6 +100,18 @@ pub fn prepare(spec: &Spec, rootfs: &Path, overlay: &Overlay) -> Result<(), Stri
         .map_err(err("making the rootfs read-only"))?;
     }
     Ok(())
+}
+
+/// The mount point of the mount that holds `path` (the longest mount point above it).
+fn mount_point_of(path: &Path) -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| path.starts_with(p))
+        .max_by_key(|p| p.as_os_str().len())
+        .unwrap_or_else(|| PathBuf::from("/"))
 }
 
 /// Mount options as flags, propagation flags and the data string for the filesystem.
