@@ -146,21 +146,18 @@ async fn rpcs_not_built_yet_answer_unimplemented_with_their_name() {
     let daemon = Daemon::start("").await;
     let mut rt = daemon.runtime().await.unwrap();
     let err = rt
-        .create_container(cri::CreateContainerRequest::default())
+        .container_stats(cri::ContainerStatsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(
-        err.message().contains("CreateContainer"),
+        err.message().contains("ContainerStats"),
         "{}",
         err.message()
     );
-    let err = rt
-        .exec_sync(cri::ExecSyncRequest::default())
-        .await
-        .unwrap_err();
+    let err = rt.attach(cri::AttachRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("ExecSync"), "{}", err.message());
+    assert!(err.message().contains("Attach"), "{}", err.message());
     let err = rt
         .get_container_events(cri::GetEventsRequest {})
         .await
@@ -177,7 +174,10 @@ async fn each_rpc_is_logged_with_method_duration_and_code() {
         .await
         .unwrap();
     let _ = rt
-        .stop_container(cri::StopContainerRequest::default())
+        .container_status(cri::ContainerStatusRequest {
+            container_id: "no-such-container".into(),
+            verbose: false,
+        })
         .await;
     let log = daemon.dir.log();
     let events: Vec<serde_json::Value> = log
@@ -194,7 +194,12 @@ async fn each_rpc_is_logged_with_method_duration_and_code() {
     let ok = find("RuntimeConfig");
     assert_eq!(ok["code"], "Ok");
     assert!(ok["duration_us"].is_u64());
-    let failed = find("StopContainer");
-    assert_eq!(failed["code"], "Unimplemented");
-    assert!(failed["error"].as_str().unwrap().contains("StopContainer"));
+    let failed = find("ContainerStatus");
+    assert_eq!(failed["code"], "NotFound");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-container")
+    );
 }
