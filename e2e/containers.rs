@@ -13,18 +13,18 @@ use crate::images::pull;
 use crate::registry::TestRegistry;
 use crate::sandbox::{pod_config, remove_pod, run_pod, stop_pod};
 
-fn busybox() -> String {
+pub fn busybox() -> String {
     TestRegistry::get().image("busybox").reference.clone()
 }
 
 /// A pod with its log directory, ready for containers.
-struct Pod {
-    id: String,
-    config: cri::PodSandboxConfig,
-    logs: PathBuf,
+pub struct Pod {
+    pub id: String,
+    pub config: cri::PodSandboxConfig,
+    pub logs: PathBuf,
 }
 
-async fn start_pod(
+pub async fn start_pod(
     daemon: &Daemon,
     name: &str,
     edit: impl FnOnce(&mut cri::PodSandboxConfig),
@@ -37,7 +37,7 @@ async fn start_pod(
     Pod { id, config, logs }
 }
 
-fn container_config(name: &str, command: &[&str]) -> cri::ContainerConfig {
+pub fn container_config(name: &str, command: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: name.to_string(),
@@ -102,7 +102,7 @@ async fn start(daemon: &Daemon, id: &str) -> Result<(), tonic::Status> {
         .map(|_| ())
 }
 
-async fn run(daemon: &Daemon, pod: &Pod, config: cri::ContainerConfig) -> String {
+pub async fn run(daemon: &Daemon, pod: &Pod, config: cri::ContainerConfig) -> String {
     let id = create(daemon, pod, config).await.unwrap();
     start(daemon, &id).await.unwrap();
     id
@@ -176,7 +176,7 @@ async fn exec(
 }
 
 /// Runs a shell line in the container; (stdout, exit code).
-async fn sh(daemon: &Daemon, id: &str, line: &str) -> (String, i32) {
+pub async fn sh(daemon: &Daemon, id: &str, line: &str) -> (String, i32) {
     let r = exec(daemon, id, &["sh", "-c", line], 10).await.unwrap();
     (String::from_utf8_lossy(&r.stdout).into_owned(), r.exit_code)
 }
@@ -235,7 +235,7 @@ async fn wait_for_log(path: &Path, needle: &str) {
     }
 }
 
-async fn remove_all(daemon: &Daemon, pod: &Pod) {
+pub async fn remove_all(daemon: &Daemon, pod: &Pod) {
     stop_pod(daemon, &pod.id).await.unwrap();
     remove_pod(daemon, &pod.id).await.unwrap();
     let left = std::fs::read_dir(daemon.dir.root().join("containers"))
@@ -247,9 +247,18 @@ async fn remove_all(daemon: &Daemon, pod: &Pod) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_containers_share_the_pods_namespaces_log_and_exec() {
     let daemon = Daemon::start("").await;
-    daemon.dir.write_bridge_cni_config();
+    let net = daemon.dir.write_bridge_cni_config();
     pull(&daemon, &busybox()).await.unwrap();
-    let pod = start_pod(&daemon, "pair", |_| {}).await;
+    let host_port = 20000 + ((std::process::id() + 7) % 20000) as u16;
+    let pod = start_pod(&daemon, "pair", |c| {
+        c.port_mappings = vec![cri::PortMapping {
+            protocol: cri::Protocol::Tcp as i32,
+            container_port: 8080,
+            host_port: host_port as i32,
+            host_ip: String::new(),
+        }];
+    })
+    .await;
     let a = run(
         &daemon,
         &pod,
@@ -259,7 +268,19 @@ async fn two_containers_share_the_pods_namespaces_log_and_exec() {
         ),
     )
     .await;
-    let b = run(&daemon, &pod, container_config("b", &["sleep", "1000"])).await;
+    let b = run(
+        &daemon,
+        &pod,
+        container_config(
+            "b",
+            &[
+                "sh",
+                "-c",
+                "mkdir /tmp/www && echo hi-from-b > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www",
+            ],
+        ),
+    )
+    .await;
 
     let (pa, pb) = (pid_of(&daemon, &a).await, pid_of(&daemon, &b).await);
     for kind in ["net", "ipc", "uts"] {
@@ -279,6 +300,40 @@ async fn two_containers_share_the_pods_namespaces_log_and_exec() {
     assert_eq!(s.labels["container"], "a");
     assert_eq!(s.image.as_ref().unwrap().image, busybox());
     assert!(s.image_ref.contains("sha256:"), "{}", s.image_ref);
+
+    // b's server: from a over the pod's loopback, from the host at the pod IP and through the
+    // host port.
+    let pod_ip = daemon
+        .runtime()
+        .await
+        .unwrap()
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .network
+        .unwrap()
+        .ip;
+    let (out, _) = sh(&daemon, &a, "for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://127.0.0.1:8080/ && break; sleep 0.2; done").await;
+    assert_eq!(out.trim(), "hi-from-b");
+    for addr in [
+        format!("{pod_ip}:8080"),
+        format!("{}.1:{host_port}", net.subnet_prefix),
+    ] {
+        let mut conn =
+            std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        use std::io::{Read, Write};
+        conn.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut got = String::new();
+        conn.read_to_string(&mut got).unwrap();
+        assert!(got.contains("hi-from-b"), "via {addr}: {got}");
+    }
 
     // The CRI log format, both streams.
     let log = pod.logs.join("a.log");

@@ -8,3 +8,4 @@ mod daemon_lifecycle;
 mod images;
 mod runtime_info;
 mod sandbox;
+mod stats;

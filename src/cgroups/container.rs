@@ -17,16 +17,9 @@ pub fn create(
     limits: Option<&cri::LinuxContainerResources>,
     device_rules: &[LinuxDeviceCgroup],
 ) -> Result<(), String> {
-    let cg = Cgroup::new(hierarchies::auto(), path)
-        .map_err(|e| format!("creating cgroup {path}: {e}"))?;
+    Cgroup::new(hierarchies::auto(), path).map_err(|e| format!("creating cgroup {path}: {e}"))?;
     if let Some(limits) = limits {
-        cg.apply(&resources::from_cri(version, limits))
-            .map_err(|e| format!("setting the limits of cgroup {path}: {e}"))?;
-        if version == CgroupVersion::V2 {
-            for (key, value) in &limits.unified {
-                write_v2(path, key, value)?;
-            }
-        }
+        write_limits(version, path, limits)?;
     }
     if version == CgroupVersion::V1 {
         let dir = PathBuf::from(CGROUP_ROOT).join("devices").join(path);
@@ -39,6 +32,131 @@ pub fn create(
                 };
                 std::fs::write(dir.join(file), device_rule_line(rule))
                     .map_err(|e| format!("{file} of cgroup {path}: {e}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies new limits to an existing container cgroup. On a refusal (the kernel's reason is
+/// returned) the previous limits are applied again.
+pub fn update(
+    version: CgroupVersion,
+    path: &str,
+    new: &cri::LinuxContainerResources,
+    old: Option<&cri::LinuxContainerResources>,
+) -> Result<(), String> {
+    if !Cgroup::load(hierarchies::auto(), path).exists() {
+        return Err(format!("cgroup {path} does not exist"));
+    }
+    let result = write_limits(version, path, new);
+    if result.is_err()
+        && let Some(old) = old
+    {
+        let _ = write_limits(version, path, old);
+    }
+    result
+}
+
+/// Writes the CRI limits to the cgroup's files, each error with the kernel's reason (zero
+/// fields are left as they are, as the CRI means them).
+pub fn write_limits(
+    version: CgroupVersion,
+    path: &str,
+    r: &cri::LinuxContainerResources,
+) -> Result<(), String> {
+    let root = PathBuf::from(CGROUP_ROOT);
+    let write = |controller: &str, file: &str, value: String| -> Result<(), String> {
+        let dir = match version {
+            CgroupVersion::V1 => root.join(controller).join(path),
+            CgroupVersion::V2 => root.join(path),
+        };
+        std::fs::write(dir.join(file), &value)
+            .map_err(|e| format!("writing {value} to {file}: {e}"))
+    };
+    match version {
+        CgroupVersion::V1 => {
+            if r.cpu_shares > 0 {
+                write("cpu", "cpu.shares", r.cpu_shares.to_string())?;
+            }
+            if r.cpu_period > 0 {
+                write("cpu", "cpu.cfs_period_us", r.cpu_period.to_string())?;
+            }
+            if r.cpu_quota != 0 {
+                write("cpu", "cpu.cfs_quota_us", r.cpu_quota.to_string())?;
+            }
+            if !r.cpuset_cpus.is_empty() {
+                write("cpuset", "cpuset.cpus", r.cpuset_cpus.clone())?;
+            }
+            if !r.cpuset_mems.is_empty() {
+                write("cpuset", "cpuset.mems", r.cpuset_mems.clone())?;
+            }
+            if r.memory_limit_in_bytes > 0 {
+                let memory = r.memory_limit_in_bytes.to_string();
+                let swap = (r.memory_swap_limit_in_bytes > 0)
+                    .then(|| r.memory_swap_limit_in_bytes.to_string());
+                // memsw must stay >= the memory limit: which goes first depends on the
+                // direction of the change.
+                if write("memory", "memory.limit_in_bytes", memory.clone()).is_err()
+                    && let Some(swap) = &swap
+                {
+                    write("memory", "memory.memsw.limit_in_bytes", swap.clone())?;
+                }
+                write("memory", "memory.limit_in_bytes", memory)?;
+                if let Some(swap) = swap {
+                    write("memory", "memory.memsw.limit_in_bytes", swap)?;
+                }
+            }
+            for h in &r.hugepage_limits {
+                write(
+                    "hugetlb",
+                    &format!("hugetlb.{}.limit_in_bytes", h.page_size),
+                    h.limit.to_string(),
+                )?;
+            }
+        }
+        CgroupVersion::V2 => {
+            if r.cpu_shares > 0 {
+                let weight = resources::shares_to_weight(r.cpu_shares as u64);
+                write("", "cpu.weight", weight.to_string())?;
+            }
+            if r.cpu_quota != 0 || r.cpu_period > 0 {
+                let quota = if r.cpu_quota > 0 {
+                    r.cpu_quota.to_string()
+                } else {
+                    "max".to_string()
+                };
+                let period = if r.cpu_period > 0 {
+                    r.cpu_period
+                } else {
+                    100_000
+                };
+                write("", "cpu.max", format!("{quota} {period}"))?;
+            }
+            if !r.cpuset_cpus.is_empty() {
+                write("", "cpuset.cpus", r.cpuset_cpus.clone())?;
+            }
+            if !r.cpuset_mems.is_empty() {
+                write("", "cpuset.mems", r.cpuset_mems.clone())?;
+            }
+            if r.memory_limit_in_bytes > 0 {
+                write("", "memory.max", r.memory_limit_in_bytes.to_string())?;
+                if r.memory_swap_limit_in_bytes > 0 {
+                    let swap = r
+                        .memory_swap_limit_in_bytes
+                        .saturating_sub(r.memory_limit_in_bytes);
+                    write("", "memory.swap.max", swap.to_string())?;
+                }
+            }
+            for h in &r.hugepage_limits {
+                write(
+                    "",
+                    &format!("hugetlb.{}.max", h.page_size),
+                    h.limit.to_string(),
+                )?;
+            }
+            for (key, value) in &r.unified {
+                write_v2(path, key, value)?;
             }
         }
     }

@@ -6,6 +6,7 @@
 pub mod container;
 pub mod resources;
 pub mod sandbox;
+pub mod stats;
 
 use std::path::Path;
 

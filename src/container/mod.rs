@@ -39,6 +39,8 @@ pub struct Containers {
     cgroup_version: CgroupVersion,
     /// Name reservation happens under it: two containers never share a name in a pod.
     create_lock: tokio::sync::Mutex<()>,
+    /// The last CPU sample per cgroup (time ns, usage ns), for nano-cores between samples.
+    cpu_samples: std::sync::Mutex<HashMap<String, (i64, u64)>>,
 }
 
 fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -80,6 +82,7 @@ impl Containers {
             exits_dir: state_dir.join("containers"),
             cgroup_version,
             create_lock: tokio::sync::Mutex::new(()),
+            cpu_samples: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -656,6 +659,7 @@ impl Containers {
         self.store
             .delete_record(Table::Containers, &record.id)
             .await?;
+        self.forget_samples(&record.cgroup);
         Ok(())
     }
 
@@ -737,6 +741,117 @@ impl Containers {
         agent::client::reopen_log(&sandboxes.agent_socket(&record.sandbox_id), &record.id)
             .await
             .map_err(|e| Error::Internal(format!("reopening the log of {}: {e}", record.id)))
+    }
+
+    /// UpdateContainerResources: new limits on the running container's cgroup, kept in its
+    /// record (ContainerStatus reports them). A refused change leaves the old limits.
+    pub async fn update_resources(
+        &self,
+        sandboxes: &Sandboxes,
+        id: &str,
+        resources: Option<cri::LinuxContainerResources>,
+    ) -> Result<()> {
+        let resources = resources.ok_or_else(|| Error::invalid("linux", "missing"))?;
+        let mut record = self.require(id, sandboxes).await?;
+        if record.state == ContainerState::Exited {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} has exited",
+                record.id
+            )));
+        }
+        let old = record
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.clone());
+        let version = self.cgroup_version;
+        let cgroup = record.cgroup.clone();
+        let wanted = resources.clone();
+        tokio::task::block_in_place(|| {
+            cgroups::container::update(version, &cgroup, &wanted, old.as_ref())
+        })
+        .map_err(|e| {
+            Error::invalid(
+                "linux",
+                format!(
+                    "container {}: the kernel refused the change: {e}",
+                    record.id
+                ),
+            )
+        })?;
+        record
+            .config
+            .linux
+            .get_or_insert_with(Default::default)
+            .resources = Some(resources);
+        self.save(&record).await?;
+        tracing::info!(container_id = %record.id, "container resources updated");
+        Ok(())
+    }
+
+    /// CPU, memory and writable-layer usage of a container, from its cgroup and upper dir.
+    pub fn stats(&self, record: &ContainerRecord) -> cri::ContainerStats {
+        let now = now_ns();
+        let cg = self.cgroup_usage(&record.cgroup, now);
+        let (bytes, inodes) = dir_usage(&self.bundle(&record.id).join("upper"));
+        cri::ContainerStats {
+            attributes: Some(cri::ContainerAttributes {
+                id: record.id.clone(),
+                metadata: record.config.metadata.clone(),
+                labels: record.config.labels.clone(),
+                annotations: record.config.annotations.clone(),
+            }),
+            cpu: Some(cg.0),
+            memory: Some(cg.1),
+            writable_layer: Some(cri::FilesystemUsage {
+                timestamp: now,
+                fs_id: Some(cri::FilesystemIdentifier {
+                    mountpoint: self.bundles_dir.to_string_lossy().into_owned(),
+                }),
+                used_bytes: Some(cri::UInt64Value { value: bytes }),
+                inodes_used: Some(cri::UInt64Value { value: inodes }),
+            }),
+            swap: None,
+        }
+    }
+
+    /// CPU (with nano-cores since the previous sample of the same cgroup) and memory usage.
+    pub fn cgroup_usage(&self, cgroup: &str, now: i64) -> (cri::CpuUsage, cri::MemoryUsage, u64) {
+        let usage = cgroups::stats::read(self.cgroup_version, cgroup);
+        let value = |v: Option<u64>| v.map(|value| cri::UInt64Value { value });
+        let nano_cores = usage.cpu_ns.and_then(|cpu| {
+            let mut samples = self.cpu_samples.lock().ok()?;
+            let previous = samples.insert(cgroup.to_string(), (now, cpu));
+            let (then, before) = previous?;
+            let elapsed = now.checked_sub(then).filter(|e| *e > 0)? as u128;
+            Some((cpu.saturating_sub(before) as u128 * 1_000_000_000 / elapsed) as u64)
+        });
+        let cpu = cri::CpuUsage {
+            timestamp: now,
+            usage_core_nano_seconds: value(usage.cpu_ns),
+            usage_nano_cores: value(nano_cores),
+        };
+        let available = match (usage.memory_limit, usage.working_set) {
+            (Some(limit), Some(ws)) => Some(limit.saturating_sub(ws)),
+            _ => None,
+        };
+        let memory = cri::MemoryUsage {
+            timestamp: now,
+            working_set_bytes: value(usage.working_set),
+            available_bytes: value(available),
+            usage_bytes: value(usage.memory_usage),
+            rss_bytes: value(usage.rss),
+            page_faults: value(usage.page_faults),
+            major_page_faults: value(usage.major_page_faults),
+        };
+        (cpu, memory, usage.processes.unwrap_or(0))
+    }
+
+    /// Forgets CPU samples of cgroups that are gone.
+    pub fn forget_samples(&self, cgroup: &str) {
+        if let Ok(mut samples) = self.cpu_samples.lock() {
+            samples.remove(cgroup);
+        }
     }
 
     /// Chain ids every container's rootfs uses: garbage collection keeps them.
@@ -847,6 +962,30 @@ fn clamp_oom_score_adj(requested: i64) -> i32 {
     .unwrap_or(false);
     let floor = if can_lower { -1000 } else { own };
     requested.clamp(floor, 1000) as i32
+}
+
+/// Bytes (allocated) and inodes under `dir`, not following symlinks or crossing mounts.
+fn dir_usage(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = std::fs::symlink_metadata(dir) else {
+        return (0, 0);
+    };
+    let (mut bytes, mut inodes) = (0u64, 0u64);
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            bytes += meta.blocks() * 512;
+            inodes += 1;
+            if meta.is_dir() && meta.dev() == top.dev() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    (bytes, inodes)
 }
 
 /// A file of the image as the container will see it: from the topmost layer that has it.

@@ -154,3 +154,13 @@ pub async fn reopen_log(ctx: &Context, id: &str) -> Result<cri::ReopenContainerL
     ctx.containers.reopen_log(&ctx.sandboxes, id).await?;
     Ok(cri::ReopenContainerLogResponse {})
 }
+
+pub async fn update_resources(
+    ctx: &Context,
+    req: cri::UpdateContainerResourcesRequest,
+) -> Result<cri::UpdateContainerResourcesResponse> {
+    ctx.containers
+        .update_resources(&ctx.sandboxes, &req.container_id, req.linux)
+        .await?;
+    Ok(cri::UpdateContainerResourcesResponse {})
+}

@@ -2,6 +2,7 @@
 
 mod container;
 mod sandbox;
+mod stats;
 mod status;
 
 use std::pin::Pin;
@@ -178,9 +179,16 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
 
     async fn update_container_resources(
         &self,
-        _request: Request<cri::UpdateContainerResourcesRequest>,
+        request: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        rpc::unimplemented("UpdateContainerResources").await
+        let req = request.into_inner();
+        let id = req.container_id.clone();
+        rpc::handle(
+            "UpdateContainerResources",
+            Ids::container(&id),
+            container::update_resources(&self.ctx, req),
+        )
+        .await
     }
 
     async fn reopen_container_log(
@@ -233,30 +241,49 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
 
     async fn container_stats(
         &self,
-        _request: Request<cri::ContainerStatsRequest>,
+        request: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        rpc::unimplemented("ContainerStats").await
+        let id = request.into_inner().container_id;
+        rpc::handle(
+            "ContainerStats",
+            Ids::container(&id),
+            stats::container(&self.ctx, &id),
+        )
+        .await
     }
 
     async fn list_container_stats(
         &self,
-        _request: Request<cri::ListContainerStatsRequest>,
+        request: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        rpc::unimplemented("ListContainerStats").await
+        let req = request.into_inner();
+        rpc::handle(
+            "ListContainerStats",
+            Ids::none(),
+            stats::list_containers(&self.ctx, req),
+        )
+        .await
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _request: Request<cri::PodSandboxStatsRequest>,
+        request: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        rpc::unimplemented("PodSandboxStats").await
+        let id = request.into_inner().pod_sandbox_id;
+        rpc::handle("PodSandboxStats", Ids::pod(&id), stats::pod(&self.ctx, &id)).await
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _request: Request<cri::ListPodSandboxStatsRequest>,
+        request: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-        rpc::unimplemented("ListPodSandboxStats").await
+        let req = request.into_inner();
+        rpc::handle(
+            "ListPodSandboxStats",
+            Ids::none(),
+            stats::list_pods(&self.ctx, req),
+        )
+        .await
     }
 
     async fn update_runtime_config(

@@ -1,0 +1,191 @@
+//! Container and pod stats from the cgroups, upper dirs and network namespaces.
+
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use tonic::Code;
+
+use crate::containers::{busybox, container_config, remove_all, run, sh, start_pod};
+use crate::harness::Daemon;
+use crate::images::pull;
+
+fn value(v: &Option<cri::UInt64Value>) -> u64 {
+    v.as_ref().map_or(0, |v| v.value)
+}
+
+async fn container_stats(daemon: &Daemon, id: &str) -> cri::ContainerStats {
+    daemon
+        .runtime()
+        .await
+        .unwrap()
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: id.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_follow_cpu_memory_disk_and_network() {
+    let daemon = Daemon::start("").await;
+    let net = daemon.dir.write_bridge_cni_config();
+    pull(&daemon, &busybox()).await.unwrap();
+    let pod = start_pod(&daemon, "stats", |_| {}).await;
+    let burner = run(
+        &daemon,
+        &pod,
+        container_config("burner", &["sh", "-c", "while :; do :; done"]),
+    )
+    .await;
+    let idle = run(&daemon, &pod, container_config("idle", &["sleep", "1000"])).await;
+
+    // CPU: nano-cores between two samples approach one core for a busy loop.
+    let first = container_stats(&daemon, &burner).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = container_stats(&daemon, &burner).await;
+    let cpu = second.cpu.unwrap();
+    assert!(
+        value(&cpu.usage_core_nano_seconds) > value(&first.cpu.unwrap().usage_core_nano_seconds)
+    );
+    let cores = value(&cpu.usage_nano_cores);
+    assert!(cores > 400_000_000, "nano cores {cores}");
+    assert_eq!(second.attributes.unwrap().metadata.unwrap().name, "burner");
+
+    // Memory and the writable layer after writing 8 MiB into the container's /tmp (its
+    // upper dir).
+    sh(
+        &daemon,
+        &idle,
+        "dd if=/dev/zero of=/tmp/blob bs=1M count=8 2>/dev/null",
+    )
+    .await;
+    let s = container_stats(&daemon, &idle).await;
+    let layer = s.writable_layer.unwrap();
+    assert!(value(&layer.used_bytes) >= 8 << 20, "{layer:?}");
+    assert!(value(&layer.inodes_used) >= 2);
+    let memory = s.memory.unwrap();
+    assert!(value(&memory.working_set_bytes) > 0, "{memory:?}");
+    assert!(value(&memory.usage_bytes) >= value(&memory.working_set_bytes));
+
+    // The list, filtered by pod and by labels.
+    let mut rt = daemon.runtime().await.unwrap();
+    let all = rt
+        .list_container_stats(cri::ListContainerStatsRequest {
+            filter: Some(cri::ContainerStatsFilter {
+                pod_sandbox_id: pod.id.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert_eq!(all.len(), 2);
+    let err = rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: "no-such-container".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // The pod: its containers, processes and network counters after traffic.
+    let (_, code) = sh(
+        &daemon,
+        &idle,
+        &format!("ping -c 3 -i 0.2 -W 1 {}.1 >/dev/null", net.subnet_prefix),
+    )
+    .await;
+    assert_eq!(code, 0, "ping from the pod failed");
+    let stats = rt
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    let linux = stats.linux.unwrap();
+    assert_eq!(linux.containers.len(), 2);
+    assert!(value(&linux.process.unwrap().process_count) >= 3);
+    let network = linux.network.unwrap();
+    let eth0 = network.default_interface.unwrap();
+    assert_eq!(eth0.name, "eth0");
+    assert!(value(&eth0.tx_bytes) > 3 * 84, "{eth0:?}");
+    assert!(value(&eth0.rx_bytes) > 3 * 84, "{eth0:?}");
+    let listed = rt
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert_eq!(listed.len(), 1);
+    remove_all(&daemon, &pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_update_live_and_a_refused_change_keeps_the_old_limits() {
+    let daemon = Daemon::start("").await;
+    daemon.dir.write_bridge_cni_config();
+    pull(&daemon, &busybox()).await.unwrap();
+    let pod = start_pod(&daemon, "update", |_| {}).await;
+    let mut config = container_config("hog", &["sleep", "1000"]);
+    config.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources {
+        memory_limit_in_bytes: 128 << 20,
+        ..Default::default()
+    });
+    let id = run(&daemon, &pod, config).await;
+    let mut rt = daemon.runtime().await.unwrap();
+    let update = |limit: i64| cri::UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: limit,
+            cpu_shares: 512,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    rt.update_container_resources(update(64 << 20))
+        .await
+        .unwrap();
+    // Seen by the container and by ContainerStatus.
+    let (out, _) = sh(&daemon, &id, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max").await;
+    assert_eq!(out.trim(), (64u64 << 20).to_string());
+    let status = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    let r = status.resources.unwrap().linux.unwrap();
+    assert_eq!((r.memory_limit_in_bytes, r.cpu_shares), (64 << 20, 512));
+
+    // 24 MiB of shared memory the kernel cannot reclaim: a 4 MiB limit is refused.
+    sh(
+        &daemon,
+        &id,
+        "dd if=/dev/zero of=/dev/shm/fill bs=1M count=24 2>/dev/null",
+    )
+    .await;
+    let err = rt
+        .update_container_resources(update(4 << 20))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains(&id), "{}", err.message());
+    let (out, _) = sh(&daemon, &id, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max").await;
+    assert_eq!(
+        out.trim(),
+        (64u64 << 20).to_string(),
+        "the old limit is gone"
+    );
+    remove_all(&daemon, &pod).await;
+}
