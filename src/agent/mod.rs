@@ -6,6 +6,7 @@
 pub mod client;
 pub mod process;
 pub mod spawn;
+pub mod trim;
 
 /// The messages of proto/agent.proto.
 pub mod proto {

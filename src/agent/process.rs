@@ -123,6 +123,8 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
         containers: HashMap::new(),
         execs: Vec::new(),
     };
+    // Start-up code will not run again: keep only what the loop uses resident.
+    super::trim::drop_clean_file_pages();
     agent.serve_forever();
     let _ = std::fs::remove_file(&args.socket);
     agent.shut_down();
@@ -234,9 +236,17 @@ impl Agent {
                     _ => {}
                 }
             }
+            let execs_before = self.execs.len();
             self.finish_execs();
             if shutdown {
                 return;
+            }
+            // Serving a request or an exec touches code the idle loop does not need (forking a
+            // container most of all): give those pages back once done.
+            if ready.iter().any(|s| matches!(s, Source::Listener))
+                || self.execs.len() < execs_before
+            {
+                super::trim::drop_clean_file_pages();
             }
         }
     }

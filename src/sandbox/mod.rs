@@ -36,7 +36,7 @@ pub struct Sandboxes {
     exe: PathBuf,
     /// Name reservation, and the creation and removal of parent cgroups, happen under it: two
     /// pods never share a name, and a parent is never removed while a pod moves into it.
-    create_lock: tokio::sync::Mutex<()>,
+    create_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -78,7 +78,7 @@ impl Sandboxes {
             state_dir: state_dir.to_path_buf(),
             cni,
             exe,
-            create_lock: tokio::sync::Mutex::new(()),
+            create_lock: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -246,15 +246,35 @@ impl Sandboxes {
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_default()
         };
+        let started = Instant::now();
+        let mut steps = Vec::with_capacity(5);
         self.write_files(record, &hostname, &[])?;
         let pid = self.start_agent(record, own, &hostname).await?;
-        self.place_in_cgroup(record, pid).await?;
+        steps.push(started.elapsed());
         self.pin_namespaces(record, pid, own).await?;
-        if let Some(netns) = record.netns.clone() {
-            self.attach_network(record, &netns, &hostname).await?;
-        }
+        steps.push(started.elapsed());
+        // Moving the agent into its cgroup waits on the kernel (an RCU grace period on v1)
+        // and CNI ADD on the plugins: neither needs the other, so they overlap.
+        let placing = self.place_in_cgroup(record, pid).await?;
+        let attached = match record.netns.clone() {
+            Some(netns) => self.attach_network(record, &netns, &hostname).await,
+            None => Ok(()),
+        };
+        let placed = placing
+            .await
+            .map_err(|e| Error::Internal(format!("placing the pod agent: {e}")))
+            .and_then(|r| r.map_err(Error::Internal));
+        steps.push(started.elapsed());
+        attached?;
+        placed?;
+        steps.push(started.elapsed());
         record.state = SandboxState::Ready;
         self.save(record).await?;
+        steps.push(started.elapsed());
+        let us: Vec<u128> = steps.iter().map(|d| d.as_micros()).collect();
+        tracing::debug!(pod_id = %record.id, agent_us = us[0], pins_us = us[1] - us[0],
+            cgroup_and_network_us = us[2] - us[1], save_us = us[4] - us[3],
+            "pod set-up steps");
         tracing::info!(pod_id = %record.id, ips = ?record.ips, "pod sandbox ready");
         Ok(())
     }
@@ -332,7 +352,14 @@ impl Sandboxes {
     }
 
     /// Moves the agent (and the pod's PID 1) into the sandbox's cgroup under kubelet's parent.
-    async fn place_in_cgroup(&self, record: &mut SandboxRecord, pid: i32) -> Result<()> {
+    /// The cgroup is recorded first; the move itself runs on a blocking thread, returned to be
+    /// awaited, holding the lock that removal of unused parents takes, so a parent this pod is
+    /// about to use is never removed.
+    async fn place_in_cgroup(
+        &self,
+        record: &mut SandboxRecord,
+        pid: i32,
+    ) -> Result<tokio::task::JoinHandle<std::result::Result<(), String>>> {
         let parent = record
             .cgroup_parent()
             .map_err(|reason| Error::invalid("config.linux.cgroup_parent", reason))?;
@@ -343,17 +370,15 @@ impl Sandboxes {
         let mut pids = vec![pid];
         pids.extend(record.pid_init.map(|p| p.pid));
         let version = self.cgroup_version;
-        // Under the lock that removal of unused parents takes, so it never removes a parent
-        // this pod is about to use.
-        let _cgroups = self.create_lock.lock().await;
+        let guard = self.create_lock.clone().lock_owned().await;
         let new_parents = cgroups::sandbox::missing_on_the_way(&parent);
         self.own_cgroups(&new_parents).await?;
         record.cgroup = Some(cgroup.clone());
         self.save(record).await?;
-        tokio::task::block_in_place(|| {
+        Ok(tokio::task::spawn_blocking(move || {
+            let _placing = guard;
             cgroups::sandbox::create(version, &parent, &cgroup, limits.as_ref(), &pids)
-        })
-        .map_err(Error::Internal)
+        }))
     }
 
     /// Pins the agent's namespaces so they outlive it, and mounts the pod's /dev/shm.
@@ -457,6 +482,14 @@ impl Sandboxes {
         );
         record.state = SandboxState::NotReady;
         self.save(record).await
+    }
+
+    /// CNI DEL for the pod, on its own (StopPodSandbox runs it beside stopping containers).
+    pub async fn detach_network_of(&self, id: &str) -> Result<()> {
+        match self.get(id)? {
+            Some(mut record) => self.detach_network(&mut record).await,
+            None => Ok(()),
+        }
     }
 
     async fn detach_network(&self, record: &mut SandboxRecord) -> Result<()> {

@@ -29,7 +29,13 @@ pub async fn run(
 
 pub async fn stop(ctx: &Context, id: &str) -> Result<cri::StopPodSandboxResponse> {
     if let Some(pod) = ctx.sandboxes.get(id)? {
-        ctx.containers.stop_all_in(&ctx.sandboxes, &pod.id).await?;
+        // Killing the containers and CNI DEL do not depend on each other.
+        let (containers, network) = tokio::join!(
+            ctx.containers.stop_all_in(&ctx.sandboxes, &pod.id),
+            ctx.sandboxes.detach_network_of(&pod.id)
+        );
+        containers?;
+        network?;
     }
     ctx.sandboxes.stop(id).await?;
     Ok(cri::StopPodSandboxResponse {})
@@ -37,10 +43,14 @@ pub async fn stop(ctx: &Context, id: &str) -> Result<cri::StopPodSandboxResponse
 
 pub async fn remove(ctx: &Context, id: &str) -> Result<cri::RemovePodSandboxResponse> {
     if let Some(pod) = ctx.sandboxes.get(id)? {
-        ctx.containers.stop_all_in(&ctx.sandboxes, &pod.id).await?;
-        ctx.containers
-            .remove_all_in(&ctx.sandboxes, &pod.id)
-            .await?;
+        let remove_containers = async {
+            ctx.containers.stop_all_in(&ctx.sandboxes, &pod.id).await?;
+            ctx.containers.remove_all_in(&ctx.sandboxes, &pod.id).await
+        };
+        let (containers, network) =
+            tokio::join!(remove_containers, ctx.sandboxes.detach_network_of(&pod.id));
+        containers?;
+        network?;
     }
     ctx.sandboxes.remove(id).await?;
     Ok(cri::RemovePodSandboxResponse {})
