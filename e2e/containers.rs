@@ -947,6 +947,21 @@ async fn bad_container_requests_are_refused_and_create_nothing() {
     );
     remove(&daemon, "no-such-container").await.unwrap();
 
+    // The image goes while a container still uses it: its layers stay until the container
+    // does, and the container still starts.
+    crate::images::remove(&daemon, &busybox()).await.unwrap();
+    daemon
+        .image()
+        .await
+        .unwrap()
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    start(&daemon, &first).await.unwrap();
+    let s = wait_exited(&daemon, &first, Duration::from_secs(10)).await;
+    assert_eq!(s.reason, "Completed", "{s:?}");
+
     // A pod that is not ready takes no new containers.
     stop_pod(&daemon, &pod.id).await.unwrap();
     let err = create(&daemon, &pod, container_config("late", &["true"]))

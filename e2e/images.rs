@@ -65,7 +65,7 @@ async fn list(daemon: &Daemon) -> Vec<cri::Image> {
         .images
 }
 
-async fn remove(daemon: &Daemon, image: &str) -> Result<(), tonic::Status> {
+pub async fn remove(daemon: &Daemon, image: &str) -> Result<(), tonic::Status> {
     daemon
         .image()
         .await

@@ -604,7 +604,8 @@ impl Containers {
         record: &ContainerRecord,
         timeout: Duration,
     ) -> Result<bool> {
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
         let mut pause = Duration::from_millis(1);
         loop {
             let current = self.refresh(record.clone(), sandboxes).await?;
@@ -614,8 +615,12 @@ impl Containers {
             if Instant::now() >= deadline {
                 return Ok(false);
             }
+            // The agent records an exit within a millisecond or two of the kill: poll finely
+            // at first, then back off for processes that take their time.
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(20));
+            if started.elapsed() > Duration::from_millis(100) {
+                pause = Duration::from_millis(10);
+            }
         }
     }
 

@@ -507,6 +507,7 @@ impl Sandboxes {
             let netns = record.netns.clone().filter(|p| p.exists());
             let prev = saved.get("result").cloned();
             let mut attempt = 0;
+            let started = Instant::now();
             loop {
                 let result = tokio::task::block_in_place(|| {
                     cni.del(
@@ -517,7 +518,10 @@ impl Sandboxes {
                     )
                 });
                 match result {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        tracing::debug!(pod_id = %record.id, del_us = started.elapsed().as_micros() as u64, "CNI DEL done");
+                        break;
+                    }
                     Err(e) if attempt < 2 => {
                         attempt += 1;
                         tracing::info!(pod_id = %record.id, error = %e, attempt, "CNI DEL failed, retrying");
