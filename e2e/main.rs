@@ -5,6 +5,7 @@ mod registry;
 
 mod containers;
 mod daemon_lifecycle;
+mod events;
 mod images;
 mod runtime_info;
 mod sandbox;

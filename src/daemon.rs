@@ -92,6 +92,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         containers,
         cgroups,
     });
+    let watching = ctx.clone();
+    tokio::spawn(async move {
+        watching.containers.watch_exits(&watching.sandboxes).await;
+    });
 
     let listener = bind_socket(&socket)?;
     tracing::info!(

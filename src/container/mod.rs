@@ -41,7 +41,23 @@ pub struct Containers {
     create_lock: tokio::sync::Mutex<()>,
     /// The last CPU sample per cgroup (time ns, usage ns), for nano-cores between samples.
     cpu_samples: std::sync::Mutex<HashMap<String, (i64, u64)>>,
+    /// Lifecycle events for GetContainerEvents subscribers (bounded: a subscriber that falls
+    /// behind is dropped, the runtime never waits for it).
+    events: tokio::sync::broadcast::Sender<ContainerEvent>,
 }
+
+/// A container's lifecycle step, as GetContainerEvents reports it.
+#[derive(Debug, Clone)]
+pub struct ContainerEvent {
+    pub container_id: String,
+    pub pod_id: String,
+    pub kind: cri::ContainerEventType,
+    /// Nanoseconds since the epoch.
+    pub at: i64,
+}
+
+/// How many events a subscriber may have unread before it is dropped.
+const EVENT_BUFFER: usize = 1024;
 
 fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let context = context.into();
@@ -83,7 +99,22 @@ impl Containers {
             cgroup_version,
             create_lock: tokio::sync::Mutex::new(()),
             cpu_samples: std::sync::Mutex::new(HashMap::new()),
+            events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
         }
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ContainerEvent> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, record: &ContainerRecord, kind: cri::ContainerEventType) {
+        // No subscriber is not an error.
+        let _ = self.events.send(ContainerEvent {
+            container_id: record.id.clone(),
+            pod_id: record.sandbox_id.clone(),
+            kind,
+            at: now_ns(),
+        });
     }
 
     fn bundle(&self, id: &str) -> PathBuf {
@@ -164,6 +195,7 @@ impl Containers {
         if let Some(exit) = self.read_exit(&record.id) {
             record.record_exit(&exit);
             self.save(&record).await?;
+            self.emit(&record, cri::ContainerEventType::ContainerStoppedEvent);
             return Ok(record);
         }
         // While the agent lives it records every exit; only its death loses them.
@@ -184,6 +216,7 @@ impl Containers {
                 record.process = None;
             }
             self.save(&record).await?;
+            self.emit(&record, cri::ContainerEventType::ContainerStoppedEvent);
         }
         Ok(record)
     }
@@ -306,6 +339,7 @@ impl Containers {
         drop(_reserving);
         match self.make_bundle(&record, &spec).await {
             Ok(()) => {
+                self.emit(&record, cri::ContainerEventType::ContainerCreatedEvent);
                 tracing::info!(container_id = %id, pod_id = %pod.id, "container created");
                 Ok(id)
             }
@@ -536,6 +570,7 @@ impl Containers {
                     record.process = Some(AgentProcess { pid, start_time: 0 });
                 }
                 self.save(&record).await?;
+                self.emit(&record, cri::ContainerEventType::ContainerStartedEvent);
                 tracing::info!(container_id = %record.id, pid, "container started");
                 Ok(())
             }
@@ -547,6 +582,7 @@ impl Containers {
                 record.reason = "StartError".into();
                 record.message = e.clone();
                 self.save(&record).await?;
+                self.emit(&record, cri::ContainerEventType::ContainerStoppedEvent);
                 Err(Error::Internal(format!(
                     "starting container {}: {e}",
                     record.id
@@ -638,6 +674,7 @@ impl Containers {
             let _ = agent::client::forget(&sandboxes.agent_socket(&pod.id), &record.id).await;
         }
         self.destroy(&record).await?;
+        self.emit(&record, cri::ContainerEventType::ContainerDeletedEvent);
         tracing::info!(container_id = %record.id, "container removed");
         Ok(())
     }
@@ -856,6 +893,29 @@ impl Containers {
     pub fn forget_samples(&self, cgroup: &str) {
         if let Ok(mut samples) = self.cpu_samples.lock() {
             samples.remove(cgroup);
+        }
+    }
+
+    /// Notices exits while nobody asks (for event subscribers): each running container's exit
+    /// file is looked for a few times a second.
+    pub async fn watch_exits(&self, sandboxes: &Sandboxes) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if self.events.receiver_count() == 0 {
+                continue;
+            }
+            let running: Vec<ContainerRecord> = match self.stored() {
+                Ok(all) => all
+                    .into_iter()
+                    .filter(|c| c.state == ContainerState::Running)
+                    .collect(),
+                Err(_) => continue,
+            };
+            for record in running {
+                if let Err(e) = self.refresh(record, sandboxes).await {
+                    tracing::warn!(error = %e, "watching container exits");
+                }
+            }
         }
     }
 

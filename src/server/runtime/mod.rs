@@ -1,6 +1,7 @@
 //! The CRI RuntimeService. Each group of RPCs lives in its own file; this impl only routes.
 
 mod container;
+mod events;
 mod sandbox;
 mod stats;
 mod status;
@@ -321,7 +322,10 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         &self,
         _request: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        rpc::unimplemented("GetContainerEvents").await
+        rpc::handle("GetContainerEvents", Ids::none(), async {
+            Ok(events::subscribe(self.ctx.clone()))
+        })
+        .await
     }
 
     async fn list_metric_descriptors(
