@@ -166,9 +166,11 @@ impl cri::image_service_server::ImageService for ImageApi {
         &self,
         request: Request<cri::PullImageRequest>,
     ) -> std::result::Result<Response<cri::PullImageResponse>, Status> {
+        let deadline = rpc::caller_deadline(request.metadata());
         let req = request.into_inner();
         let name = image_name(&req.image).to_string();
-        rpc::handle("PullImage", Ids::image(&name), self.pull(req)).await
+        let pulling = rpc::within(deadline, format!("pulling {name}"), self.pull(req));
+        rpc::handle("PullImage", Ids::image(&name), pulling).await
     }
 
     async fn remove_image(

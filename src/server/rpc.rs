@@ -84,3 +84,67 @@ pub async fn unimplemented<T>(method: &'static str) -> Result<Response<T>, Statu
     })
     .await
 }
+
+/// The caller's deadline from the `grpc-timeout` header ("<n><unit>", unit H M S m u n).
+pub fn caller_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    use std::time::Duration;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Runs `work` until the caller's deadline, a little before it: the answer is then
+/// DEADLINE_EXCEEDED naming `what`, not the transport's generic cancellation. Work spawned
+/// elsewhere (a pull) goes on for the callers that wait longer.
+pub async fn within<T>(
+    deadline: Option<std::time::Duration>,
+    what: String,
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let Some(deadline) = deadline else {
+        return work.await;
+    };
+    let margin = (deadline / 10).max(std::time::Duration::from_millis(1));
+    let expired = || {
+        Err(Error::DeadlineExceeded(format!(
+            "{what}: the caller's deadline of {deadline:?} passed"
+        )))
+    };
+    // No budget left: not even work that would answer at once is started.
+    let budget = deadline.saturating_sub(margin);
+    if budget.is_zero() {
+        return expired();
+    }
+    match tokio::time::timeout(budget, work).await {
+        Ok(result) => result,
+        Err(_) => expired(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn grpc_timeouts() {
+        let mut m = tonic::metadata::MetadataMap::new();
+        assert_eq!(super::caller_deadline(&m), None);
+        m.insert("grpc-timeout", "1m".parse().unwrap());
+        assert_eq!(
+            super::caller_deadline(&m),
+            Some(std::time::Duration::from_millis(1))
+        );
+        m.insert("grpc-timeout", "120S".parse().unwrap());
+        assert_eq!(
+            super::caller_deadline(&m),
+            Some(std::time::Duration::from_secs(120))
+        );
+    }
+}
