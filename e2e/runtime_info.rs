@@ -146,12 +146,12 @@ async fn rpcs_not_built_yet_answer_unimplemented_with_their_name() {
     let daemon = Daemon::start("").await;
     let mut rt = daemon.runtime().await.unwrap();
     let err = rt
-        .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+        .checkpoint_container(cri::CheckpointContainerRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(
-        err.message().contains("ListMetricDescriptors"),
+        err.message().contains("CheckpointContainer"),
         "{}",
         err.message()
     );

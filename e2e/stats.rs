@@ -189,3 +189,115 @@ async fn resources_update_live_and_a_refused_change_keeps_the_old_limits() {
     );
     remove_all(&daemon, &pod).await;
 }
+
+fn scrape(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_scraped_and_the_pod_cidr_reaches_ipam() {
+    let port = crate::registry::dead_port();
+    let daemon = Daemon::start(&format!("[metrics]\naddress = \"127.0.0.1:{port}\"")).await;
+    // IPAM without ranges of its own takes the node's pod CIDR from runtimeConfig.
+    let net = daemon.dir.write_bridge_cni_config();
+    let config = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": net.name,
+        "plugins": [
+            {"type": "bridge", "bridge": net.bridge, "isGateway": true,
+             "capabilities": {"ipRanges": true},
+             "ipam": {"type": "host-local", "dataDir": daemon.dir.path().join("ipam")}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    });
+    std::fs::write(
+        daemon.dir.cni_conf_dir().join("10-crius-e2e.conflist"),
+        config.to_string(),
+    )
+    .unwrap();
+    let mut rt = daemon.runtime().await.unwrap();
+    rt.update_runtime_config(crate::harness::pod_cidr_request(&format!(
+        "{}.128/25",
+        net.subnet_prefix
+    )))
+    .await
+    .unwrap();
+    pull(&daemon, &busybox()).await.unwrap();
+    let pod = start_pod(&daemon, "metrics", |_| {}).await;
+    let ip = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .network
+        .unwrap()
+        .ip;
+    let last: u8 = ip.rsplit('.').next().unwrap().parse().unwrap();
+    assert!(
+        ip.starts_with(&net.subnet_prefix) && last >= 128,
+        "{ip} is not in the pod CIDR"
+    );
+    let id = run(&daemon, &pod, container_config("work", &["sleep", "1000"])).await;
+
+    // The CRI metrics: descriptors, and values whose labels match them.
+    let descriptors = rt
+        .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .descriptors;
+    let cpu = descriptors
+        .iter()
+        .find(|d| d.name == "container_cpu_usage_seconds_total")
+        .unwrap();
+    let pods = rt
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    assert_eq!(pods.len(), 1);
+    let container = &pods[0].container_metrics[0];
+    assert_eq!(container.container_id, id);
+    let m = container
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_cpu_usage_seconds_total")
+        .unwrap();
+    assert_eq!(m.label_values.len(), cpu.label_keys.len());
+    assert!(
+        pods[0]
+            .metrics
+            .iter()
+            .any(|m| m.name == "container_network_receive_bytes_total")
+    );
+
+    // The Prometheus endpoint.
+    let text = scrape(port, "/metrics");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for line in [
+        "crius_rpc_requests_total{method=\"RunPodSandbox\",code=\"Ok\"} 1",
+        "crius_pods{state=\"ready\"} 1",
+        "crius_containers{state=\"running\"} 1",
+        "crius_pod_agents 1",
+        "crius_image_pulls_total{result=\"ok\"} 1",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
+    assert!(text.contains(
+        "crius_rpc_duration_seconds_bucket{method=\"RunPodSandbox\",code=\"Ok\",le=\"+Inf\"} 1"
+    ));
+    assert!(text.contains("crius_store_transaction_duration_seconds_count"));
+    assert!(scrape(port, "/other").starts_with("HTTP/1.1 404"));
+    remove_all(&daemon, &pod).await;
+}

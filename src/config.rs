@@ -101,6 +101,14 @@ pub struct Config {
     pub cni: CniConfig,
     pub streaming: StreamingConfig,
     pub registry: RegistryConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `ip:port` of the Prometheus endpoint (`/metrics`); empty: no endpoint.
+    pub address: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,6 +162,7 @@ impl Default for Config {
             cni: CniConfig::default(),
             streaming: StreamingConfig::default(),
             registry: RegistryConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -259,6 +268,13 @@ impl Config {
             ));
         }
         validate_streaming_address(&self.streaming.address)?;
+        if !self.metrics.address.is_empty() && self.metrics.address.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::invalid(
+                "metrics.address",
+                &self.metrics.address,
+                "expected ip:port (or empty for no endpoint)",
+            ));
+        }
         if let Some(path) = &self.registry.auth_file {
             require_absolute("registry.auth_file", path)?;
         }
@@ -459,6 +475,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("streaming.address") && e.contains("nope"), "{e}");
+        let e = parse("[metrics]\naddress = \"localhost\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metrics.address") && e.contains("localhost"), "{e}");
+        assert!(parse("[metrics]\naddress = \"127.0.0.1:9101\"").is_ok());
         let e = parse("[registry.mirrors]\n\"docker.io\" = [\"ftp://x\"]")
             .unwrap_err()
             .to_string();

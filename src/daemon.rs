@@ -34,6 +34,8 @@ pub enum DaemonError {
         context: String,
         source: std::io::Error,
     },
+    #[error("serving metrics on {0}: {1}")]
+    Metrics(String, std::io::Error),
     #[error("serving CRI on {socket}: {source}")]
     Serve {
         socket: PathBuf,
@@ -96,6 +98,18 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tokio::spawn(async move {
         watching.containers.watch_exits(&watching.sandboxes).await;
     });
+    if !ctx.config.metrics.address.is_empty() {
+        let address = ctx.config.metrics.address.clone();
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .map_err(|e| DaemonError::Metrics(address.clone(), e))?;
+        tracing::info!(address = %address, "serving Prometheus metrics on /metrics");
+        let scraped = ctx.clone();
+        tokio::spawn(crate::metrics::serve(listener, move || {
+            let ctx = scraped.clone();
+            async move { metrics_snapshot(&ctx).await }
+        }));
+    }
 
     let listener = bind_socket(&socket)?;
     tracing::info!(
@@ -188,4 +202,37 @@ async fn wait_for_stop_signal() -> Result<&'static str, DaemonError> {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     })
+}
+
+/// Pods, containers and agents by state, for a metrics scrape.
+async fn metrics_snapshot(ctx: &Context) -> crate::metrics::Snapshot {
+    use crate::container::record::ContainerState;
+    use crate::sandbox::record::SandboxState;
+    let mut snapshot = crate::metrics::Snapshot::default();
+    for pod in ctx.sandboxes.list().unwrap_or_default() {
+        match pod.state {
+            SandboxState::Ready => snapshot.pods_ready += 1,
+            SandboxState::NotReady => snapshot.pods_not_ready += 1,
+        }
+        if pod.agent.is_some_and(|a| a.is_alive()) {
+            snapshot.agents_running += 1;
+        }
+    }
+    for state in ["created", "running", "exited"] {
+        snapshot.containers.insert(state, 0);
+    }
+    for c in ctx
+        .containers
+        .list(&ctx.sandboxes)
+        .await
+        .unwrap_or_default()
+    {
+        let state = match c.state {
+            ContainerState::Created => "created",
+            ContainerState::Running => "running",
+            ContainerState::Exited => "exited",
+        };
+        *snapshot.containers.entry(state).or_default() += 1;
+    }
+    snapshot
 }

@@ -13,6 +13,7 @@ pub mod linux;
 pub mod lockfile;
 pub mod logging;
 pub mod logs;
+pub mod metrics;
 pub mod network;
 pub mod sandbox;
 pub mod server;

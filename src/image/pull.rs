@@ -79,8 +79,19 @@ impl Images {
             } else {
                 let images = self.clone();
                 let reference = reference.clone();
-                let task =
-                    tokio::spawn(async move { images.pull_now(&reference, credentials).await });
+                let task = tokio::spawn(async move {
+                    let result = images.pull_now(&reference, credentials).await;
+                    let bytes = match &result {
+                        Ok(id) => images
+                            .get(&id.to_string())
+                            .ok()
+                            .flatten()
+                            .map_or(0, |i| i.record.size),
+                        Err(_) => 0,
+                    };
+                    crate::metrics::METRICS.pull_done(result.is_ok(), bytes);
+                    result
+                });
                 let key_done = key.clone();
                 let images = self.clone();
                 let shared = async move {

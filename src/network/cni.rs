@@ -56,6 +56,8 @@ pub struct RuntimeCapabilities {
     pub bandwidth: Option<serde_json::Value>,
     /// `{"servers":[…], "searches":[…], "options":[…]}`
     pub dns: Option<serde_json::Value>,
+    /// The node's pod CIDRs (from UpdateRuntimeConfig), for IPAM that takes `ipRanges`.
+    pub ip_ranges: Vec<String>,
 }
 
 /// What ADD gave the pod.
@@ -150,6 +152,15 @@ impl Cni<'_> {
         }
         if let (true, Some(d)) = (wanted("dns"), &caps.dns) {
             runtime.insert("dns".into(), d.clone());
+        }
+        if wanted("ipRanges") && !caps.ip_ranges.is_empty() {
+            // One range set per CIDR (a v4 and a v6 one give a dual-stack pod).
+            let sets: Vec<serde_json::Value> = caps
+                .ip_ranges
+                .iter()
+                .map(|cidr| serde_json::json!([{ "subnet": cidr }]))
+                .collect();
+            runtime.insert("ipRanges".into(), sets.into());
         }
         if !runtime.is_empty() {
             obj.insert("runtimeConfig".into(), runtime.into());
@@ -305,6 +316,25 @@ mod tests {
             80
         );
         assert_eq!(portmap["prevResult"], prev);
+        // The node's pod CIDRs go to plugins that declare ipRanges, one range set each.
+        let ipam_net = NetworkConfig {
+            list: serde_json::json!({"plugins":[{"type":"bridge","capabilities":{"ipRanges":true}}]}),
+            ..net.clone()
+        };
+        let cni = Cni {
+            network: &ipam_net,
+            bin_dirs: &[],
+        };
+        let caps = RuntimeCapabilities {
+            ip_ranges: vec!["10.1.0.0/24".into(), "fd00:1::/64".into()],
+            ..Default::default()
+        };
+        let plugins = cni.plugins();
+        let bridge = cni.plugin_config(plugins[0], None, &caps);
+        assert_eq!(
+            bridge["runtimeConfig"]["ipRanges"],
+            serde_json::json!([[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00:1::/64"}]])
+        );
     }
 
     /// Cleans up what the real-plugin test made, whatever happens: the pod's network (DEL),

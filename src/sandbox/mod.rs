@@ -425,7 +425,7 @@ impl Sandboxes {
         record.cni_result = Some(serde_json::json!({ "network": network }));
         self.save(record).await?;
         let result = tokio::task::block_in_place(|| {
-            cni.add(&identity(record), netns, &capabilities(&record.config))
+            cni.add(&identity(record), netns, &self.capabilities(&record.config))
         })
         .map_err(|e| Error::FailedPrecondition(format!("pod network: {e}")))?;
         record.ips = result.ips.iter().map(|ip| ip.to_string()).collect();
@@ -484,6 +484,15 @@ impl Sandboxes {
         self.save(record).await
     }
 
+    fn capabilities(&self, config: &cri::PodSandboxConfig) -> cni::RuntimeCapabilities {
+        let pod_cidr = self
+            .store
+            .setting(crate::context::settings::POD_CIDR)
+            .ok()
+            .flatten();
+        capabilities(config, pod_cidr)
+    }
+
     /// CNI DEL for the pod, on its own (StopPodSandbox runs it beside stopping containers).
     pub async fn detach_network_of(&self, id: &str) -> Result<()> {
         match self.get(id)? {
@@ -513,7 +522,7 @@ impl Sandboxes {
                     cni.del(
                         &identity(record),
                         netns.as_deref(),
-                        &capabilities(&record.config),
+                        &self.capabilities(&record.config),
                         prev.as_ref(),
                     )
                 });
@@ -687,8 +696,11 @@ fn identity(record: &SandboxRecord) -> cni::PodIdentity {
     }
 }
 
-/// Port mappings and DNS for the CNI plugins that ask for them.
-fn capabilities(config: &cri::PodSandboxConfig) -> cni::RuntimeCapabilities {
+/// Port mappings, DNS and the node's pod CIDRs for the CNI plugins that ask for them.
+fn capabilities(
+    config: &cri::PodSandboxConfig,
+    pod_cidr: Option<String>,
+) -> cni::RuntimeCapabilities {
     let port_mappings = config
         .port_mappings
         .iter()
@@ -712,6 +724,14 @@ fn capabilities(config: &cri::PodSandboxConfig) -> cni::RuntimeCapabilities {
         port_mappings,
         bandwidth: None,
         dns,
+        ip_ranges: pod_cidr
+            .map(|c| {
+                c.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 

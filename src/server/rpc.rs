@@ -61,7 +61,13 @@ where
     async move {
         let started = Instant::now();
         let result = body.await.map_err(Status::from);
-        let duration_us = started.elapsed().as_micros() as u64;
+        let took = started.elapsed();
+        let duration_us = took.as_micros() as u64;
+        let code = match &result {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        };
+        crate::metrics::METRICS.observe_rpc(method, &format!("{code:?}"), took);
         match &result {
             Ok(_) => tracing::debug!(code = ?Code::Ok, duration_us, "rpc done"),
             Err(status) => match status.code() {

@@ -122,12 +122,14 @@ impl Store {
     {
         let (reply, answer) = oneshot::channel();
         let job: WriteJob = Box::new(move |conn: &mut Connection| {
+            let started = std::time::Instant::now();
             let result = (|| {
                 let tx = conn.transaction()?;
                 let value = f(&tx)?;
                 tx.commit()?;
                 Ok(value)
             })();
+            crate::metrics::METRICS.observe_store_transaction(started.elapsed());
             // The caller may have gone away (its RPC was cancelled); the commit stands anyway.
             let _ = reply.send(result);
         });

@@ -2,6 +2,7 @@
 
 mod container;
 mod events;
+mod pod_metrics;
 mod sandbox;
 mod stats;
 mod status;
@@ -332,14 +333,22 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         &self,
         _request: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        rpc::unimplemented("ListMetricDescriptors").await
+        rpc::handle("ListMetricDescriptors", Ids::none(), async {
+            Ok(pod_metrics::descriptors())
+        })
+        .await
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _request: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        rpc::unimplemented("ListPodSandboxMetrics").await
+        rpc::handle(
+            "ListPodSandboxMetrics",
+            Ids::none(),
+            pod_metrics::list(&self.ctx),
+        )
+        .await
     }
 
     async fn runtime_config(
