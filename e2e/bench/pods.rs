@@ -72,6 +72,9 @@ struct Measured {
     stop_remove: Vec<Duration>,
     /// (pods, runtime RSS KiB, per-pod RSS KiB, per-pod PSS KiB)
     rss: Vec<(usize, u64, u64, u64)>,
+    /// ListContainerStats and ListPodSandboxStats with 100 pods running, as kubelet polls them.
+    list_container_stats: Vec<Duration>,
+    list_pod_stats: Vec<Duration>,
 }
 
 /// Runs the whole scenario against one runtime's socket. `per_pod` measures the per-pod
@@ -88,6 +91,8 @@ async fn scenario(
     let mut m = Measured {
         run: vec![],
         create_start: vec![],
+        list_container_stats: vec![],
+        list_pod_stats: vec![],
         stop_remove: vec![],
         rss: vec![],
     };
@@ -134,6 +139,26 @@ async fn scenario(
             let pss: u64 = pids.iter().map(|p| pss_kib(*p)).sum();
             m.rss.push((n + 1, runtime_rss(), rss / pods, pss / pods));
         }
+        if n + 1 == 100 {
+            for _ in 0..5 {
+                let started = Instant::now();
+                if rt
+                    .list_container_stats(cri::ListContainerStatsRequest { filter: None })
+                    .await
+                    .is_ok()
+                {
+                    m.list_container_stats.push(started.elapsed());
+                }
+                let started = Instant::now();
+                if rt
+                    .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
+                    .await
+                    .is_ok()
+                {
+                    m.list_pod_stats.push(started.elapsed());
+                }
+            }
+        }
     }
     for (n, id) in ids.iter().enumerate() {
         let started = Instant::now();
@@ -163,6 +188,18 @@ fn report(name: &str, m: &Measured) {
         ms(p90(m.create_start.clone())),
         ms(median(m.stop_remove.clone())),
         ms(p90(m.stop_remove.clone()))
+    );
+    let or_na = |d: &Vec<Duration>| {
+        if d.is_empty() {
+            "n/a".to_string()
+        } else {
+            ms(median(d.clone()))
+        }
+    };
+    println!(
+        "{name}: 100 pods: ListContainerStats median {}; ListPodSandboxStats median {}",
+        or_na(&m.list_container_stats),
+        or_na(&m.list_pod_stats)
     );
     for (pods, runtime, rss, pss) in &m.rss {
         println!(
