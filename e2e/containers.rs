@@ -640,6 +640,35 @@ async fn security_context_users_caps_readonly_masks_and_seccomp() {
         "a block device could be read: {out}"
     );
 
+    // A host device under another name, and an OOM score below the runtime's own, which root
+    // without CAP_SYS_RESOURCE cannot set: clamped to the runtime's, not refused.
+    let mut c = sleeper();
+    c.metadata.as_mut().unwrap().name = "device".into();
+    c.devices = vec![cri::Device {
+        container_path: "/dev/xnull".into(),
+        host_path: "/dev/null".into(),
+        permissions: "rwm".into(),
+    }];
+    c.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources {
+        oom_score_adj: -999,
+        ..Default::default()
+    });
+    let device = run(&daemon, &pod, c).await;
+    let (out, _) = sh(
+        &daemon,
+        &device,
+        "echo x > /dev/xnull && echo written; cat /proc/1/oom_score_adj",
+    )
+    .await;
+    let own: i32 = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", daemon.pid()))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "written", "{out}");
+    assert_eq!(lines[1].parse::<i32>().unwrap(), own.max(-999), "{out}");
+
     // Users and groups: by uid, by name, with supplemental groups.
     let mut c = sleeper();
     c.metadata.as_mut().unwrap().name = "user".into();

@@ -478,7 +478,10 @@ mod tests {
         let e = parse("[metrics]\naddress = \"localhost\"")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("metrics.address") && e.contains("localhost"), "{e}");
+        assert!(
+            e.contains("metrics.address") && e.contains("localhost"),
+            "{e}"
+        );
         assert!(parse("[metrics]\naddress = \"127.0.0.1:9101\"").is_ok());
         let e = parse("[registry.mirrors]\n\"docker.io\" = [\"ftp://x\"]")
             .unwrap_err()

@@ -130,11 +130,9 @@ fn metric(
 
 pub async fn list(ctx: &Context) -> Result<cri::ListPodSandboxMetricsResponse> {
     let mut pod_metrics = Vec::new();
+    let records = ctx.containers.list(&ctx.sandboxes).await?;
     for pod in ctx.sandboxes.list()? {
-        let stats = super::stats::pod(ctx, &pod.id)
-            .await?
-            .stats
-            .unwrap_or_default();
+        let stats = super::stats::pod_stats(ctx, &pod, &records).await?;
         let meta = pod.metadata();
         let linux = stats.linux.unwrap_or_default();
         let mut metrics = Vec::new();
@@ -158,7 +156,6 @@ pub async fn list(ctx: &Context) -> Result<cri::ListPodSandboxMetricsResponse> {
                 }
             }
         }
-        let records = ctx.containers.list(&ctx.sandboxes).await?;
         let container_metrics = linux
             .containers
             .iter()

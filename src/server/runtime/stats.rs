@@ -6,6 +6,7 @@ use std::path::Path;
 use k8s_cri::v1 as cri;
 
 use crate::container::labels_match;
+use crate::container::record::ContainerRecord;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::sandbox::record::SandboxRecord;
@@ -52,12 +53,13 @@ pub async fn list_containers(
 }
 
 /// The pod's usage: its agent's cgroup plus its containers', its interfaces' counters.
-async fn pod_stats(ctx: &Context, pod: &SandboxRecord) -> Result<cri::PodSandboxStats> {
-    let containers: Vec<_> = ctx
-        .containers
-        .list(&ctx.sandboxes)
-        .await?
-        .into_iter()
+pub(super) async fn pod_stats(
+    ctx: &Context,
+    pod: &SandboxRecord,
+    all_containers: &[ContainerRecord],
+) -> Result<cri::PodSandboxStats> {
+    let containers: Vec<&ContainerRecord> = all_containers
+        .iter()
         .filter(|c| c.sandbox_id == pod.id)
         .collect();
     let now = now_ns();
@@ -173,8 +175,9 @@ pub async fn pod(ctx: &Context, id: &str) -> Result<cri::PodSandboxStatsResponse
         kind: "pod sandbox",
         id: id.to_string(),
     })?;
+    let containers = ctx.containers.list(&ctx.sandboxes).await?;
     Ok(cri::PodSandboxStatsResponse {
-        stats: Some(pod_stats(ctx, &pod).await?),
+        stats: Some(pod_stats(ctx, &pod, &containers).await?),
     })
 }
 
@@ -183,12 +186,14 @@ pub async fn list_pods(
     req: cri::ListPodSandboxStatsRequest,
 ) -> Result<cri::ListPodSandboxStatsResponse> {
     let filter = req.filter.unwrap_or_default();
+    // One pass over the containers for all pods: kubelet polls this for every pod at once.
+    let containers = ctx.containers.list(&ctx.sandboxes).await?;
     let mut stats = Vec::new();
     for pod in ctx.sandboxes.list()? {
         if (filter.id.is_empty() || pod.id.starts_with(&filter.id))
             && labels_match(&pod.config.labels, &filter.label_selector)
         {
-            stats.push(pod_stats(ctx, &pod).await?);
+            stats.push(pod_stats(ctx, &pod, &containers).await?);
         }
     }
     Ok(cri::ListPodSandboxStatsResponse { stats })
