@@ -85,7 +85,13 @@ pub(super) async fn pod_stats(
             procs += p;
         }
         let value = |value| Some(cri::UInt64Value { value });
-        let network = pod.netns.as_deref().map(|netns| network_usage(netns, now));
+        let network = pod.netns.as_deref().map(|netns| {
+            network_usage(
+                pod.agent.filter(|a| a.is_alive()).map(|a| a.pid),
+                netns,
+                now,
+            )
+        });
         cri::PodSandboxStats {
             attributes: Some(cri::PodSandboxAttributes {
                 id: pod.id.clone(),
@@ -121,16 +127,23 @@ pub(super) async fn pod_stats(
     Ok(stats)
 }
 
-/// Interface counters inside the pod's network namespace (lo left out; eth0 is the default).
-fn network_usage(netns: &Path, now: i64) -> Option<cri::NetworkUsage> {
-    let file = std::fs::File::open(netns).ok()?;
-    // A thread of its own enters the namespace; /proc/thread-self/net shows that namespace.
-    let text = std::thread::spawn(move || {
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
-        std::fs::read_to_string("/proc/thread-self/net/dev").ok()
-    })
-    .join()
-    .ok()??;
+/// Interface counters inside the pod's network namespace (lo left out; eth0 is the default):
+/// through the agent, which lives in it, else from a thread that enters the pinned namespace.
+fn network_usage(agent: Option<i32>, netns: &Path, now: i64) -> Option<cri::NetworkUsage> {
+    let text =
+        match agent.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/net/dev")).ok()) {
+            Some(text) => text,
+            None => {
+                let file = std::fs::File::open(netns).ok()?;
+                // /proc/thread-self/net shows the namespace of the reading thread.
+                std::thread::spawn(move || {
+                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+                    std::fs::read_to_string("/proc/thread-self/net/dev").ok()
+                })
+                .join()
+                .ok()??
+            }
+        };
     let interfaces = parse_net_dev(&text);
     let default_interface = interfaces
         .iter()
