@@ -1,0 +1,4 @@
+//! Kubernetes' streaming protocol (exec, attach, port-forward): what kubelet, kubectl and
+//! crictl speak to a runtime's streaming server once an HTTP request is upgraded.
+
+pub mod spdy;
