@@ -37,6 +37,26 @@ pub async fn start_pod(
     Pod { id, config, logs }
 }
 
+/// The pod's (first) IP, from PodSandboxStatus.
+pub async fn pod_ip(daemon: &Daemon, pod_id: &str) -> String {
+    daemon
+        .runtime()
+        .await
+        .unwrap()
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.to_string(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .network
+        .unwrap()
+        .ip
+}
+
 pub fn container_config(name: &str, command: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
@@ -303,22 +323,7 @@ async fn two_containers_share_the_pods_namespaces_log_and_exec() {
 
     // b's server: from a over the pod's loopback, from the host at the pod IP and through the
     // host port.
-    let pod_ip = daemon
-        .runtime()
-        .await
-        .unwrap()
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: pod.id.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap()
-        .network
-        .unwrap()
-        .ip;
+    let pod_ip = pod_ip(&daemon, &pod.id).await;
     let (out, _) = sh(&daemon, &a, "for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://127.0.0.1:8080/ && break; sleep 0.2; done").await;
     assert_eq!(out.trim(), "hi-from-b");
     for addr in [

@@ -5,7 +5,7 @@ use std::time::Duration;
 use k8s_cri::v1 as cri;
 use tonic::Code;
 
-use crate::containers::{busybox, container_config, remove_all, run, sh, start_pod};
+use crate::containers::{busybox, container_config, pod_ip, remove_all, run, sh, start_pod};
 use crate::harness::Daemon;
 use crate::images::pull;
 
@@ -230,19 +230,7 @@ async fn metrics_are_scraped_and_the_pod_cidr_reaches_ipam() {
     .unwrap();
     pull(&daemon, &busybox()).await.unwrap();
     let pod = start_pod(&daemon, "metrics", |_| {}).await;
-    let ip = rt
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: pod.id.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap()
-        .network
-        .unwrap()
-        .ip;
+    let ip = pod_ip(&daemon, &pod.id).await;
     let last: u8 = ip.rsplit('.').next().unwrap().parse().unwrap();
     assert!(
         ip.starts_with(&net.subnet_prefix) && last >= 128,

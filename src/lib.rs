@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod cgroups;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod container;
 pub mod context;

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
@@ -19,6 +19,7 @@ use prost::Message;
 use super::proto::{Request, Response, request};
 use super::spawn;
 use super::{ExitStatus, MAX_FRAME, frame};
+use crate::clock::now_ns;
 use crate::logs::{LogWriter, Stream};
 
 /// What the daemon asks the agent to set up in the namespaces it was started in.
@@ -129,13 +130,6 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
     let _ = std::fs::remove_file(&args.socket);
     agent.shut_down();
     Ok(())
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or_default()
 }
 
 /// What a ready descriptor in the poll set belongs to.

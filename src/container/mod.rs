@@ -10,7 +10,7 @@ pub mod spec;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
 use nix::sys::signal::Signal;
@@ -18,7 +18,8 @@ use nix::unistd::Pid;
 
 use crate::agent::{self, ExitStatus, proto};
 use crate::cgroups::{self, CgroupVersion};
-use crate::error::{Error, Result};
+use crate::clock::now_ns;
+use crate::error::{Error, Result, io_error};
 use crate::image::Images;
 use crate::image::digest::Digest;
 use crate::sandbox::Sandboxes;
@@ -58,18 +59,6 @@ pub struct ContainerEvent {
 
 /// How many events a subscriber may have unread before it is dropped.
 const EVENT_BUFFER: usize = 1024;
-
-fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let context = context.into();
-    move |source| Error::Io { context, source }
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or_default()
-}
 
 fn not_found(id: &str) -> Error {
     Error::NotFound {
@@ -1066,6 +1055,18 @@ fn read_image_file(chain_dirs: &[PathBuf], path: &str) -> String {
                 .and_then(|_| std::fs::read_to_string(&file).ok())
         })
         .unwrap_or_default()
+}
+
+/// Whether a container passes a list filter: id and pod id by prefix, labels all matching.
+pub fn matches(
+    record: &ContainerRecord,
+    id: &str,
+    pod_id: &str,
+    selector: &HashMap<String, String>,
+) -> bool {
+    record.id.starts_with(id)
+        && record.sandbox_id.starts_with(pod_id)
+        && labels_match(&record.config.labels, selector)
 }
 
 /// Labels that all match the selector.

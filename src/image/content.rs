@@ -7,11 +7,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::Images;
 use super::digest::Digest;
-use crate::error::{Error, Result};
-
-fn io_error(context: String) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Io { context, source }
-}
+use crate::error::{Error, Result, io_error};
 
 impl Images {
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {

@@ -11,14 +11,15 @@ pub mod sysctl;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
 
 use crate::agent;
 use crate::cgroups::{self, CgroupVersion};
+use crate::clock::now_ns;
 use crate::config::CniConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, io_error};
 use crate::network::{self, cni};
 use crate::store::{Store, Table};
 use record::{AgentProcess, SandboxRecord, SandboxState};
@@ -37,18 +38,6 @@ pub struct Sandboxes {
     /// Name reservation, and the creation and removal of parent cgroups, happen under it: two
     /// pods never share a name, and a parent is never removed while a pod moves into it.
     create_lock: Arc<tokio::sync::Mutex<()>>,
-}
-
-fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let context = context.into();
-    move |source| Error::Io { context, source }
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or_default()
 }
 
 pub fn new_id() -> Result<String> {

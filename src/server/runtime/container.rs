@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 
-use crate::container::labels_match;
+use crate::container::matches;
 use crate::container::record::ContainerRecord;
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -115,12 +115,15 @@ pub async fn list(
         .list(&ctx.sandboxes)
         .await?
         .into_iter()
-        .filter(|r| filter.id.is_empty() || r.id.starts_with(&filter.id))
         .filter(|r| {
-            filter.pod_sandbox_id.is_empty() || r.sandbox_id.starts_with(&filter.pod_sandbox_id)
+            matches(
+                r,
+                &filter.id,
+                &filter.pod_sandbox_id,
+                &filter.label_selector,
+            )
         })
         .filter(|r| filter.state.is_none_or(|s| s.state == r.state.cri() as i32))
-        .filter(|r| labels_match(&r.config.labels, &filter.label_selector))
         .map(|r| cri::Container {
             id: r.id.clone(),
             pod_sandbox_id: r.sandbox_id.clone(),

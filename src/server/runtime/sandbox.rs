@@ -110,10 +110,7 @@ pub async fn status(
             .filter(|c| c.sandbox_id == record.id)
             .map(super::container::status_of)
             .collect(),
-        timestamp: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or_default(),
+        timestamp: crate::clock::now_ns(),
     })
 }
 

@@ -5,18 +5,12 @@ use std::path::Path;
 
 use k8s_cri::v1 as cri;
 
-use crate::container::labels_match;
+use crate::clock::now_ns;
 use crate::container::record::ContainerRecord;
+use crate::container::{labels_match, matches};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::sandbox::record::SandboxRecord;
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or_default()
-}
 
 pub async fn container(ctx: &Context, id: &str) -> Result<cri::ContainerStatsResponse> {
     let record = ctx
@@ -41,11 +35,14 @@ pub async fn list_containers(
         .list(&ctx.sandboxes)
         .await?
         .into_iter()
-        .filter(|r| filter.id.is_empty() || r.id.starts_with(&filter.id))
         .filter(|r| {
-            filter.pod_sandbox_id.is_empty() || r.sandbox_id.starts_with(&filter.pod_sandbox_id)
+            matches(
+                r,
+                &filter.id,
+                &filter.pod_sandbox_id,
+                &filter.label_selector,
+            )
         })
-        .filter(|r| labels_match(&r.config.labels, &filter.label_selector))
         .collect();
     let stats =
         tokio::task::block_in_place(|| records.iter().map(|r| ctx.containers.stats(r)).collect());
