@@ -373,8 +373,53 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// A failed test still removes its pods (and with them their containers, mounts, cgroups
+    /// and network), through the daemon while it runs, so one failure leaves no debris.
+    fn remove_all_pods(&self) {
+        let socket = self.socket();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let Ok(channel) = connect(&socket).await else {
+                    return;
+                };
+                let mut client = RuntimeServiceClient::new(channel);
+                let Ok(pods) = client
+                    .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
+                    .await
+                else {
+                    return;
+                };
+                for pod in pods.into_inner().items {
+                    let id = pod.id;
+                    let _ = client
+                        .stop_pod_sandbox(k8s_cri::v1::StopPodSandboxRequest {
+                            pod_sandbox_id: id.clone(),
+                        })
+                        .await;
+                    let _ = client
+                        .remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest {
+                            pod_sandbox_id: id,
+                        })
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if self.child.is_some() && std::thread::panicking() {
+            self.remove_all_pods();
+        }
         if self.child.is_some() {
             let status = self.stop_with(Signal::SIGTERM);
             if !std::thread::panicking() {
