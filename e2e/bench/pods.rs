@@ -208,6 +208,21 @@ fn report(name: &str, m: &Measured) {
     }
 }
 
+/// Pulls `image` through a runtime's CRI socket.
+async fn pull(socket: &Path, image: &str) {
+    let channel = harness::connect(socket).await.unwrap();
+    cri::image_service_client::ImageServiceClient::new(channel)
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("pulling {image}: {e}"));
+}
+
 #[tokio::main]
 async fn main() {
     let path = std::env::var("CRIUS_TEST_IMAGES").expect("run through hack/bench.sh");
@@ -219,17 +234,7 @@ async fn main() {
     // crius
     let daemon = Daemon::start("").await;
     daemon.dir.write_bridge_cni_config();
-    let channel = harness::connect(&daemon.socket()).await.unwrap();
-    cri::image_service_client::ImageServiceClient::new(channel)
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: pause.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("crius: pull the workload image");
+    pull(&daemon.socket(), &pause).await;
     let daemon_pid = daemon.pid().as_raw() as u32;
     let agents_of = daemon.dir.state().join("agents").display().to_string();
     let crius = scenario(
@@ -252,17 +257,7 @@ async fn main() {
         net_dir.cni_conf_dir()
     );
     let mut containerd = Containerd::start(&registry, &cri_config).await;
-    let channel = harness::connect(&containerd.socket()).await.unwrap();
-    cri::image_service_client::ImageServiceClient::new(channel)
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: pause.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull the pause image");
+    pull(&containerd.socket(), &pause).await;
     let containerd_pid = containerd.pid().unwrap();
     let state = containerd.dir.state().display().to_string();
     let theirs = scenario(

@@ -145,6 +145,22 @@ impl Containers {
         Ok(out)
     }
 
+    /// The containers a list filter selects (id and pod id by prefix, labels), up to date.
+    pub async fn list_matching(
+        &self,
+        sandboxes: &Sandboxes,
+        id: &str,
+        pod_id: &str,
+        selector: &HashMap<String, String>,
+    ) -> Result<Vec<ContainerRecord>> {
+        Ok(self
+            .list(sandboxes)
+            .await?
+            .into_iter()
+            .filter(|r| matches(r, id, pod_id, selector))
+            .collect())
+    }
+
     /// A container by id or unique id prefix, its state brought up to date.
     pub async fn get(&self, id: &str, sandboxes: &Sandboxes) -> Result<Option<ContainerRecord>> {
         if id.is_empty() {

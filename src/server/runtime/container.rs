@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 
-use crate::container::matches;
 use crate::container::record::ContainerRecord;
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -112,17 +111,14 @@ pub async fn list(
     let filter = req.filter.unwrap_or_default();
     let containers = ctx
         .containers
-        .list(&ctx.sandboxes)
+        .list_matching(
+            &ctx.sandboxes,
+            &filter.id,
+            &filter.pod_sandbox_id,
+            &filter.label_selector,
+        )
         .await?
         .into_iter()
-        .filter(|r| {
-            matches(
-                r,
-                &filter.id,
-                &filter.pod_sandbox_id,
-                &filter.label_selector,
-            )
-        })
         .filter(|r| filter.state.is_none_or(|s| s.state == r.state.cri() as i32))
         .map(|r| cri::Container {
             id: r.id.clone(),

@@ -6,8 +6,8 @@ use std::path::Path;
 use k8s_cri::v1 as cri;
 
 use crate::clock::now_ns;
+use crate::container::labels_match;
 use crate::container::record::ContainerRecord;
-use crate::container::{labels_match, matches};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::sandbox::record::SandboxRecord;
@@ -30,20 +30,15 @@ pub async fn list_containers(
     req: cri::ListContainerStatsRequest,
 ) -> Result<cri::ListContainerStatsResponse> {
     let filter = req.filter.unwrap_or_default();
-    let records: Vec<_> = ctx
+    let records = ctx
         .containers
-        .list(&ctx.sandboxes)
-        .await?
-        .into_iter()
-        .filter(|r| {
-            matches(
-                r,
-                &filter.id,
-                &filter.pod_sandbox_id,
-                &filter.label_selector,
-            )
-        })
-        .collect();
+        .list_matching(
+            &ctx.sandboxes,
+            &filter.id,
+            &filter.pod_sandbox_id,
+            &filter.label_selector,
+        )
+        .await?;
     let stats =
         tokio::task::block_in_place(|| records.iter().map(|r| ctx.containers.stats(r)).collect());
     Ok(cri::ListContainerStatsResponse { stats })
