@@ -458,8 +458,17 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(2));
             self.reap(&mut buf);
         }
+        // The pod's PID 1 was SIGKILLed above: reap it before going, so the pod is gone when
+        // Stop answers (not a zombie waiting for a new parent).
         if let Some(init) = self.pid_init {
-            let _ = waitpid(init, Some(WaitPidFlag::WNOHANG));
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while matches!(
+                waitpid(init, Some(WaitPidFlag::WNOHANG)),
+                Ok(WaitStatus::StillAlive)
+            ) && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
     }
 }

@@ -86,18 +86,21 @@ pub fn create(
     Ok(())
 }
 
-/// Removes a cgroup whose processes are gone or going. Idempotent.
+/// Removes a cgroup whose processes are gone or going, in every hierarchy. Idempotent.
+/// rmdir fails with EBUSY while exiting tasks are still being torn down, which takes a
+/// millisecond or so: retry finely rather than back off by tens of milliseconds.
 pub fn remove(path: &str) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while exists(path) {
-        // rmdir fails with EBUSY while exiting tasks are still being torn down.
-        if let Err(e) = Cgroup::load(hierarchies::auto(), path).delete()
-            && Instant::now() > deadline
-        {
-            return Err(format!("removing cgroup {path}: {e}"));
-        }
-        if exists(path) {
-            std::thread::sleep(Duration::from_millis(10));
+    for dir in hierarchy_mounts().iter().map(|m| m.join(path)) {
+        loop {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(format!("removing cgroup {}: {e}", dir.display()));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
         }
     }
     Ok(())
