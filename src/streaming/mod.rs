@@ -2,3 +2,4 @@
 //! crictl speak to a runtime's streaming server once an HTTP request is upgraded.
 
 pub mod spdy;
+pub mod tokens;
