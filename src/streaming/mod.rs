@@ -1,5 +1,6 @@
 //! Kubernetes' streaming protocol (exec, attach, port-forward): what kubelet, kubectl and
 //! crictl speak to a runtime's streaming server once an HTTP request is upgraded.
 
+pub mod http;
 pub mod spdy;
 pub mod tokens;
