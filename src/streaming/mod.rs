@@ -2,5 +2,6 @@
 //! crictl speak to a runtime's streaming server once an HTTP request is upgraded.
 
 pub mod http;
+pub mod session;
 pub mod spdy;
 pub mod tokens;
