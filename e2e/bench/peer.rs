@@ -165,3 +165,22 @@ pub fn pids_of(needle: &str) -> Vec<u32> {
         .map(|(pid, _)| pid as u32)
         .collect()
 }
+
+/// Pulls `image` through a runtime's CRI socket; how long the pull took (the connection is
+/// made before the clock starts).
+pub async fn timed_pull(socket: &std::path::Path, image: &str) -> Duration {
+    let channel = harness::connect(socket).await.unwrap();
+    let mut client = cri::image_service_client::ImageServiceClient::new(channel);
+    let started = Instant::now();
+    client
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("pulling {image}: {e}"));
+    started.elapsed()
+}

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1 as cri;
 
 use harness::{Daemon, TestDir};
-use peer::{Containerd, median, ms, p90, pids_of, pss_kib, remove_cgroup_tree, rss_kib};
+use peer::{
+    Containerd, median, ms, p90, pids_of, pss_kib, remove_cgroup_tree, rss_kib, timed_pull,
+};
 
 const TIMED_PODS: usize = 20;
 
@@ -208,21 +210,6 @@ fn report(name: &str, m: &Measured) {
     }
 }
 
-/// Pulls `image` through a runtime's CRI socket.
-async fn pull(socket: &Path, image: &str) {
-    let channel = harness::connect(socket).await.unwrap();
-    cri::image_service_client::ImageServiceClient::new(channel)
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.to_string(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("pulling {image}: {e}"));
-}
-
 #[tokio::main]
 async fn main() {
     let path = std::env::var("CRIUS_TEST_IMAGES").expect("run through hack/bench.sh");
@@ -234,7 +221,7 @@ async fn main() {
     // crius
     let daemon = Daemon::start("").await;
     daemon.dir.write_bridge_cni_config();
-    pull(&daemon.socket(), &pause).await;
+    timed_pull(&daemon.socket(), &pause).await;
     let daemon_pid = daemon.pid().as_raw() as u32;
     let agents_of = daemon.dir.state().join("agents").display().to_string();
     let crius = scenario(
@@ -257,7 +244,7 @@ async fn main() {
         net_dir.cni_conf_dir()
     );
     let mut containerd = Containerd::start(&registry, &cri_config).await;
-    pull(&containerd.socket(), &pause).await;
+    timed_pull(&containerd.socket(), &pause).await;
     let containerd_pid = containerd.pid().unwrap();
     let state = containerd.dir.state().display().to_string();
     let theirs = scenario(

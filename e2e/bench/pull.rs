@@ -11,13 +11,10 @@ mod harness;
 #[allow(dead_code)]
 mod peer;
 
-use std::path::Path;
-use std::time::{Duration, Instant};
-
-use k8s_cri::v1 as cri;
+use std::time::Duration;
 
 use harness::Daemon;
-use peer::{Containerd, median};
+use peer::{Containerd, median, timed_pull};
 
 const RUNS: usize = 5;
 
@@ -33,23 +30,6 @@ fn bench_image() -> (String, String) {
             .to_string(),
         meta["registry"].as_str().unwrap().to_string(),
     )
-}
-
-async fn timed_pull(socket: &Path, image: &str) -> Duration {
-    let channel = harness::connect(socket).await.unwrap();
-    let mut client = cri::image_service_client::ImageServiceClient::new(channel);
-    let started = Instant::now();
-    client
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.to_string(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
-    started.elapsed()
 }
 
 fn secs(d: Duration) -> String {

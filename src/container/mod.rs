@@ -138,9 +138,14 @@ impl Containers {
 
     /// Every container, its state brought up to date.
     pub async fn list(&self, sandboxes: &Sandboxes) -> Result<Vec<ContainerRecord>> {
+        // One read of the pods for the whole list: kubelet lists containers every second.
+        let live = live_agents(sandboxes)?;
         let mut out = Vec::new();
         for record in self.stored()? {
-            out.push(self.refresh(record, sandboxes).await?);
+            out.push(
+                self.refresh_with(record, |pod| Ok(live.contains(pod)))
+                    .await?,
+            );
         }
         Ok(out)
     }
@@ -191,8 +196,24 @@ impl Containers {
     /// (and the process with it) is exited too, with what is known.
     async fn refresh(
         &self,
-        mut record: ContainerRecord,
+        record: ContainerRecord,
         sandboxes: &Sandboxes,
+    ) -> Result<ContainerRecord> {
+        self.refresh_with(record, |pod| {
+            Ok(sandboxes
+                .get(pod)?
+                .and_then(|s| s.agent)
+                .is_some_and(|a| a.is_alive()))
+        })
+        .await
+    }
+
+    /// `refresh`, with the liveness of the pod's agent (by pod id) asked of `agent_alive`,
+    /// only when it matters.
+    async fn refresh_with(
+        &self,
+        mut record: ContainerRecord,
+        agent_alive: impl FnOnce(&str) -> Result<bool>,
     ) -> Result<ContainerRecord> {
         if record.state != ContainerState::Running {
             return Ok(record);
@@ -204,11 +225,7 @@ impl Containers {
             return Ok(record);
         }
         // While the agent lives it records every exit; only its death loses them.
-        let agent_alive = sandboxes
-            .get(&record.sandbox_id)?
-            .and_then(|s| s.agent)
-            .is_some_and(|a| a.is_alive());
-        if !agent_alive {
+        if !agent_alive(&record.sandbox_id)? {
             // Read again: the agent may have written it since.
             if let Some(exit) = self.read_exit(&record.id) {
                 record.record_exit(&exit);
@@ -916,8 +933,14 @@ impl Containers {
                     .collect(),
                 Err(_) => continue,
             };
+            let Ok(live) = live_agents(sandboxes) else {
+                continue;
+            };
             for record in running {
-                if let Err(e) = self.refresh(record, sandboxes).await {
+                if let Err(e) = self
+                    .refresh_with(record, |pod| Ok(live.contains(pod)))
+                    .await
+                {
                     tracing::warn!(error = %e, "watching container exits");
                 }
             }
@@ -932,6 +955,16 @@ impl Containers {
         }
         Ok(out)
     }
+}
+
+/// The pods whose agent runs.
+fn live_agents(sandboxes: &Sandboxes) -> Result<std::collections::HashSet<String>> {
+    Ok(sandboxes
+        .list()?
+        .into_iter()
+        .filter(|s| s.agent.is_some_and(|a| a.is_alive()))
+        .map(|s| s.id)
+        .collect())
 }
 
 fn signal_if_alive(process: AgentProcess, pid: Pid, signal: Signal) {
