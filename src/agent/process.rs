@@ -18,7 +18,7 @@ use prost::Message;
 
 use super::proto::{Request, Response, request};
 use super::spawn;
-use super::{ExitStatus, MAX_FRAME, frame};
+use super::{ExitStatus, MAX_FRAME, StreamFds, frame, send_with_fds};
 use crate::clock::now_ns;
 use crate::logs::{LogWriter, Stream};
 
@@ -41,6 +41,10 @@ const EXEC_OUTPUT_CAP: usize = 16 * 1024 * 1024;
 /// After an exec'd command exits, how long its output pipes may stay open (held by a
 /// background child) before the answer goes out anyway.
 const EXEC_DRAIN_GRACE: Duration = Duration::from_millis(200);
+/// An attacher's pipes hold this much of the container's output before it counts as behind.
+const ATTACH_PIPE_SIZE: i32 = 1024 * 1024;
+const ATTACH_BEHIND: &str = "attach: the client fell too far behind";
+const SHUTTING_DOWN: &str = "the pod agent is shutting down";
 
 /// A container this agent started.
 struct Container {
@@ -50,13 +54,37 @@ struct Container {
     log: LogWriter,
     /// stdout and stderr pipes (or the tty master as stdout) until they reach EOF.
     outputs: Vec<(OwnedFd, Stream)>,
-    /// Kept open so a container created with stdin blocks on it rather than reading EOF.
-    _stdin: Option<OwnedFd>,
+    /// The way into the container's stdin (with a tty, the master), for attachers; also keeps
+    /// a container created with stdin blocked on it rather than reading EOF.
+    stdin: Option<OwnedFd>,
+    /// The first attacher with stdin takes `stdin` away (no tty only).
+    stdin_once: bool,
+    /// With a tty: the master, for attachers' resizes.
+    terminal: Option<OwnedFd>,
+    attachers: Vec<Attacher>,
     exited: bool,
+}
+
+/// A daemon connection that gets a copy of a container's output from the moment it attached.
+struct Attacher {
+    token: u64,
+    conn: UnixStream,
+    /// Our (non-blocking) write ends of the client's pipes, None when not asked for or closed.
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+}
+
+/// A command the daemon streams (ExecStream): it holds the stdio, the connection waits for the
+/// exit.
+struct StreamSession {
+    token: u64,
+    pid: Pid,
+    conn: UnixStream,
 }
 
 /// An ExecSync in flight: the connection waits for the command's exit.
 struct ExecSession {
+    token: u64,
     pid: Pid,
     conn: UnixStream,
     outputs: Vec<(OwnedFd, Stream)>,
@@ -75,6 +103,9 @@ struct Agent {
     pid_init: Option<Pid>,
     containers: HashMap<String, Container>,
     execs: Vec<ExecSession>,
+    streams: Vec<StreamSession>,
+    /// Names the connections in the poll set (indices move as sessions come and go).
+    next_token: u64,
 }
 
 /// Runs the agent until it is told to shut down. Errors before serving are fatal: the daemon
@@ -123,6 +154,8 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
         pid_init,
         containers: HashMap::new(),
         execs: Vec::new(),
+        streams: Vec::new(),
+        next_token: 0,
     };
     // Start-up code will not run again: keep only what the loop uses resident.
     super::trim::drop_clean_file_pages();
@@ -139,6 +172,8 @@ enum Source {
     Sigchld,
     ContainerOutput(usize, usize),
     ExecOutput(usize, usize),
+    /// The connection of an ExecSync, ExecStream or attacher: watched for the client going.
+    Conn(u64),
 }
 
 impl Agent {
@@ -164,6 +199,22 @@ impl Agent {
                     fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
                 }
             }
+            let conns = self
+                .execs
+                .iter()
+                .map(|e| (e.token, &e.conn))
+                .chain(self.streams.iter().map(|s| (s.token, &s.conn)))
+                .chain(
+                    self.containers
+                        .values()
+                        .flat_map(|c| c.attachers.iter().map(|a| (a.token, &a.conn))),
+                );
+            // A peer's close or shutdown shows as POLLIN and then EOF on read (nix's PollFlags
+            // has no POLLRDHUP, and revents() refuses bits it does not know).
+            for (token, conn) in conns {
+                sources.push(Source::Conn(token));
+                fds.push(PollFd::new(conn.as_fd(), PollFlags::POLLIN));
+            }
             let timeout = self
                 .execs
                 .iter()
@@ -175,12 +226,11 @@ impl Agent {
                     .unwrap_or(PollTimeout::NONE),
                 None => PollTimeout::NONE,
             };
-            let ready: Vec<Source> = match poll(&mut fds, timeout) {
+            let ready: Vec<(Source, PollFlags)> = match poll(&mut fds, timeout) {
                 Ok(_) => fds
                     .iter()
                     .zip(&sources)
-                    .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
-                    .map(|(_, s)| *s)
+                    .filter_map(|(fd, s)| fd.revents().filter(|r| !r.is_empty()).map(|r| (*s, r)))
                     .collect(),
                 Err(nix::errno::Errno::EINTR) => vec![],
                 Err(e) => {
@@ -195,7 +245,7 @@ impl Agent {
             let mut closed_container: Vec<(usize, usize)> = vec![];
             let mut closed_exec: Vec<(usize, usize)> = vec![];
             let mut shutdown = false;
-            for source in &ready {
+            for (source, _) in &ready {
                 match *source {
                     Source::ContainerOutput(ci, oi) => {
                         let Some(c) = self.containers.get_mut(&ids[ci]) else {
@@ -217,13 +267,26 @@ impl Agent {
                 if let Some(c) = self.containers.get_mut(&ids[ci]) {
                     let (_, stream) = c.outputs.remove(oi);
                     c.log.flush_stream(stream);
+                    // The attachers see the end of the stream too.
+                    for a in &mut c.attachers {
+                        match stream {
+                            Stream::Stdout => a.stdout = None,
+                            Stream::Stderr => a.stderr = None,
+                        }
+                    }
                 }
             }
             closed_exec.sort_unstable();
             for (ei, oi) in closed_exec.into_iter().rev() {
                 self.execs[ei].outputs.remove(oi);
             }
-            for source in &ready {
+            // Sessions are found by token from here on: removing one moves the others.
+            for (source, revents) in &ready {
+                if let Source::Conn(token) = source {
+                    self.drop_if_gone(*token, *revents);
+                }
+            }
+            for (source, _) in &ready {
                 match source {
                     Source::Sigchld => self.reap(&mut buf),
                     Source::Listener => shutdown |= self.accept(),
@@ -237,7 +300,7 @@ impl Agent {
             }
             // Serving a request or an exec touches code the idle loop does not need (forking a
             // container most of all): give those pages back once done.
-            if ready.iter().any(|s| matches!(s, Source::Listener))
+            if ready.iter().any(|(s, _)| matches!(s, Source::Listener))
                 || self.execs.len() < execs_before
             {
                 super::trim::drop_clean_file_pages();
@@ -276,6 +339,15 @@ impl Agent {
                 Ok(pid) => response.container_pid = pid.as_raw() as u32,
                 Err(e) => response.error = e,
             },
+            Some(request::Kind::ExecStream(exec)) => {
+                // Answered inside, with descriptors; the session keeps the connection.
+                self.serve_exec_stream(exec, conn)?;
+                return Ok(false);
+            }
+            Some(request::Kind::Attach(attach)) => {
+                self.serve_attach(attach, conn)?;
+                return Ok(false);
+            }
             Some(request::Kind::Exec(exec)) => match self.start_exec(exec, conn) {
                 // The session owns the connection and answers when the command is done.
                 Ok(()) => return Ok(false),
@@ -322,6 +394,16 @@ impl Agent {
                 .map_err(|e| format!("opening the log {}: {e}", start.log_path))?
         };
         let started = spawn::container(&start)?;
+        let terminal = if start.tty {
+            Some(
+                started
+                    .stdout
+                    .try_clone()
+                    .map_err(|e| format!("dup: {e}"))?,
+            )
+        } else {
+            None
+        };
         let mut outputs = vec![(started.stdout, Stream::Stdout)];
         outputs.extend(started.stderr.map(|fd| (fd, Stream::Stderr)));
         self.containers.insert(
@@ -332,11 +414,155 @@ impl Agent {
                 oom_file: start.oom_file.clone(),
                 log,
                 outputs,
-                _stdin: started.stdin,
+                stdin: started.stdin,
+                stdin_once: start.stdin_once && !start.tty,
+                terminal,
+                attachers: Vec::new(),
                 exited: false,
             },
         );
         Ok(started.pid)
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// Starts an ExecStream's command and answers with its stdio; the session then waits for
+    /// its exit (or for the client to go, which kills it).
+    fn serve_exec_stream(
+        &mut self,
+        exec: super::proto::ExecStream,
+        conn: UnixStream,
+    ) -> Result<(), String> {
+        let started = match self.containers.get(&exec.id).filter(|c| !c.exited) {
+            Some(c) => spawn::exec_stream(c.pid, &exec),
+            None => Err(format!("container {} is not running", exec.id)),
+        };
+        let (pid, stdio) = match started {
+            Ok(started) => started,
+            Err(error) => return answer_error(conn, error),
+        };
+        let (kinds, fds) = stdio.into_wire();
+        let response = Response {
+            pid: pid.as_raw() as u32,
+            fds: kinds,
+            ..Default::default()
+        };
+        if let Err(e) = send_with_fds(&conn, &frame(&response), &fds) {
+            // Nobody would see its output or its end.
+            kill_session(pid);
+            return Err(format!("answering an exec stream: {e}"));
+        }
+        // The daemon holds the stdio now; ours would keep its pipes from ever reaching EOF.
+        drop(fds);
+        let _ = conn.set_nonblocking(true);
+        let token = self.token();
+        self.streams.push(StreamSession { token, pid, conn });
+        Ok(())
+    }
+
+    /// Hands a client pipes fed with the container's output from now on, and its stdin when
+    /// it may have it.
+    fn serve_attach(
+        &mut self,
+        attach: super::proto::Attach,
+        conn: UnixStream,
+    ) -> Result<(), String> {
+        let token = self.token();
+        let Some(c) = self.containers.get_mut(&attach.id).filter(|c| !c.exited) else {
+            return answer_error(conn, format!("container {} is not running", attach.id));
+        };
+        let open = |stream: Stream| c.outputs.iter().any(|(_, s)| *s == stream);
+        let tty = c.terminal.is_some();
+        let mut client = StreamFds::default();
+        let mut ours = (None, None);
+        let made = (|| -> Result<(), String> {
+            if attach.stdout {
+                let (read, write) = attach_pipe(open(Stream::Stdout))?;
+                client.stdout = Some(read);
+                ours.0 = write;
+            }
+            if attach.stderr && !tty {
+                let (read, write) = attach_pipe(open(Stream::Stderr))?;
+                client.stderr = Some(read);
+                ours.1 = write;
+            }
+            if let Some(terminal) = &c.terminal {
+                client.terminal = Some(terminal.try_clone().map_err(|e| format!("dup: {e}"))?);
+            }
+            Ok(())
+        })();
+        if let Err(error) = made {
+            return answer_error(conn, format!("attach: {error}"));
+        }
+        // Last, so nothing can fail after stdin was used up.
+        let once = attach.stdin && c.stdin_once;
+        if attach.stdin {
+            client.stdin = if once {
+                c.stdin.take()
+            } else {
+                c.stdin.as_ref().and_then(|fd| fd.try_clone().ok())
+            };
+        }
+        let (kinds, mut fds) = client.into_wire();
+        let stdin_at = kinds
+            .iter()
+            .position(|k| *k == super::proto::StreamFd::Stdin as i32);
+        let response = Response {
+            fds: kinds,
+            ..Default::default()
+        };
+        if let Err(e) = send_with_fds(&conn, &frame(&response), &fds) {
+            // The client is gone: a stdin it would have used up stays the container's.
+            if once && let Some(at) = stdin_at {
+                c.stdin = Some(fds.swap_remove(at));
+            }
+            return Err(format!("answering an attach: {e}"));
+        }
+        drop(fds);
+        let _ = conn.set_nonblocking(true);
+        c.attachers.push(Attacher {
+            token,
+            conn,
+            stdout: ours.0,
+            stderr: ours.1,
+        });
+        Ok(())
+    }
+
+    /// A client that closed its connection (or whose connection failed) gets nothing more:
+    /// its exec'd command is killed, its attachment ends.
+    fn drop_if_gone(&mut self, token: u64, revents: PollFlags) {
+        let hung_up = |conn: &UnixStream| {
+            revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) || connection_closed(conn)
+        };
+        if let Some(i) = self.execs.iter().position(|e| e.token == token) {
+            if hung_up(&self.execs[i].conn) {
+                let e = self.execs.swap_remove(i);
+                // Once reaped, its pid (and group) may belong to someone else.
+                if e.exit_code.is_none() {
+                    kill_session(e.pid);
+                }
+            }
+            return;
+        }
+        if let Some(i) = self.streams.iter().position(|s| s.token == token) {
+            if hung_up(&self.streams[i].conn) {
+                // Still running: a stream leaves as soon as its command is reaped.
+                kill_session(self.streams.swap_remove(i).pid);
+            }
+            return;
+        }
+        for c in self.containers.values_mut() {
+            if let Some(i) = c.attachers.iter().position(|a| a.token == token) {
+                if hung_up(&c.attachers[i].conn) {
+                    c.attachers.swap_remove(i);
+                }
+                return;
+            }
+        }
     }
 
     fn start_exec(
@@ -349,7 +575,11 @@ impl Agent {
         };
         match spawn::exec(container.pid, &exec) {
             Ok(started) => {
+                // Watched for the daemon giving up (its poll needs it non-blocking).
+                let _ = conn.set_nonblocking(true);
+                let token = self.token();
                 self.execs.push(ExecSession {
+                    token,
                     pid: started.pid,
                     conn,
                     outputs: vec![(started.stdout, Stream::Stdout)]
@@ -403,9 +633,28 @@ impl Agent {
                     eprintln!("crius pod-agent: recording the exit of pid {pid}: {e}");
                 }
                 c.exited = true;
+                // Their pipes close as they go: the output ends here for them.
+                for a in c.attachers.drain(..) {
+                    answer_nowait(
+                        &a.conn,
+                        &Response {
+                            exit_code,
+                            ..Default::default()
+                        },
+                    );
+                }
             } else if let Some(e) = self.execs.iter_mut().find(|e| e.pid == pid) {
                 e.exit_code = Some(exit_code);
                 e.drain_until = Some(Instant::now() + EXEC_DRAIN_GRACE);
+            } else if let Some(i) = self.streams.iter().position(|s| s.pid == pid) {
+                let s = self.streams.swap_remove(i);
+                answer_nowait(
+                    &s.conn,
+                    &Response {
+                        exit_code,
+                        ..Default::default()
+                    },
+                );
             }
         }
     }
@@ -415,7 +664,7 @@ impl Agent {
         let now = Instant::now();
         for e in &mut self.execs {
             if e.exit_code.is_none() && e.deadline.is_some_and(|d| now >= d) && !e.timed_out {
-                let _ = nix::sys::signal::kill(e.pid, Signal::SIGKILL);
+                kill_session(e.pid);
                 e.timed_out = true;
             }
         }
@@ -445,6 +694,34 @@ impl Agent {
 
     /// The pod goes: every container is killed (their namespaces end with them).
     fn shut_down(&mut self) {
+        // Nothing the daemon started in the pod outlives it; nobody waits for an answer that
+        // will not come.
+        for s in self.streams.drain(..) {
+            kill_session(s.pid);
+            answer_nowait(
+                &s.conn,
+                &Response {
+                    error: SHUTTING_DOWN.to_string(),
+                    ..Default::default()
+                },
+            );
+        }
+        for e in self.execs.drain(..) {
+            if e.exit_code.is_none() {
+                kill_session(e.pid);
+            }
+        }
+        for c in self.containers.values_mut() {
+            for a in c.attachers.drain(..) {
+                answer_nowait(
+                    &a.conn,
+                    &Response {
+                        error: SHUTTING_DOWN.to_string(),
+                        ..Default::default()
+                    },
+                );
+            }
+        }
         for c in self.containers.values().filter(|c| !c.exited) {
             let _ = nix::sys::signal::kill(c.pid, Signal::SIGKILL);
         }
@@ -496,13 +773,115 @@ fn pump_container(c: &mut Container, oi: usize, buf: &mut [u8]) -> bool {
     loop {
         match nix::unistd::read(fd.as_fd(), buf) {
             Ok(0) => return false,
-            Ok(n) => c.log.write(stream, &buf[..n]),
+            Ok(n) => {
+                c.log.write(stream, &buf[..n]);
+                fan_out(&mut c.attachers, stream, &buf[..n]);
+            }
             Err(nix::errno::Errno::EAGAIN) => return true,
             Err(nix::errno::Errno::EINTR) => continue,
             // EIO: the tty's other side is closed.
             Err(_) => return false,
         }
     }
+}
+
+/// Copies a chunk of a container's output to every attacher of that stream. The log never
+/// waits for an attacher: one whose pipe cannot take the whole chunk right now is dropped.
+fn fan_out(attachers: &mut Vec<Attacher>, stream: Stream, data: &[u8]) {
+    attachers.retain(|a| {
+        let pipe = match stream {
+            Stream::Stdout => &a.stdout,
+            Stream::Stderr => &a.stderr,
+        };
+        let Some(pipe) = pipe else {
+            return true;
+        };
+        match forward(pipe, data) {
+            Ok(()) => true,
+            Err(error) => {
+                answer_nowait(
+                    &a.conn,
+                    &Response {
+                        error,
+                        ..Default::default()
+                    },
+                );
+                false
+            }
+        }
+    });
+}
+
+/// Writes all of `data` to a non-blocking pipe at once, or says why not.
+fn forward(pipe: &OwnedFd, data: &[u8]) -> Result<(), String> {
+    loop {
+        return match nix::unistd::write(pipe, data) {
+            Ok(n) if n == data.len() => Ok(()),
+            // A partial chunk would corrupt the stream for the client: it is behind either way.
+            Ok(_) | Err(nix::errno::Errno::EAGAIN) => Err(ATTACH_BEHIND.to_string()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EPIPE) => {
+                Err("attach: the client closed its output".to_string())
+            }
+            Err(e) => Err(format!("attach: writing to the client: {e}")),
+        };
+    }
+}
+
+/// A pipe for an attacher: (the client's read end, our write end unless `open` is false, when
+/// the stream already ended and the client just reads EOF). Both ends non-blocking.
+fn attach_pipe(open: bool) -> Result<(OwnedFd, Option<OwnedFd>), String> {
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(|e| format!("pipe: {e}"))?;
+    // Room for bursts while the client catches up; the default size is kept if the host's
+    // pipe-max-size does not allow this one.
+    let _ = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(ATTACH_PIPE_SIZE));
+    Ok((read, open.then_some(write)))
+}
+
+/// SIGKILLs a command the agent started with setsid: its process group (whatever it started in
+/// the background) and itself.
+fn kill_session(pid: Pid) {
+    let _ = nix::sys::signal::kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+}
+
+/// Whether the peer of a non-blocking connection closed it. The daemon sends nothing after
+/// its request, so whatever else arrives is read and ignored.
+fn connection_closed(conn: &UnixStream) -> bool {
+    let mut scratch = [0u8; 512];
+    // Bounded: a peer that keeps writing must not hold the loop.
+    for _ in 0..16 {
+        match (&*conn).read(&mut scratch) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// A final answer that must not hold the loop: written if the socket takes it now (it has
+/// room: at most one small frame went before it), else the client only sees the connection
+/// close.
+fn answer_nowait(conn: &UnixStream, response: &Response) {
+    let _ = conn.set_nonblocking(true);
+    if let Err(e) = (&*conn).write_all(&frame(response)) {
+        eprintln!("crius pod-agent: answering a stream: {e}");
+    }
+}
+
+/// Answers a stream request that failed before it started: an error and no descriptors.
+fn answer_error(mut conn: UnixStream, error: String) -> Result<(), String> {
+    let response = Response {
+        error,
+        ..Default::default()
+    };
+    conn.write_all(&frame(&response))
+        .map_err(|e| format!("answering: {e}"))
 }
 
 /// Reads what is available on one output of an exec session; false at EOF.
@@ -578,4 +957,113 @@ fn loopback_up() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attacher(stdout: Option<OwnedFd>) -> (Attacher, UnixStream) {
+        let (conn, peer) = UnixStream::pair().unwrap();
+        (
+            Attacher {
+                token: 1,
+                conn,
+                stdout,
+                stderr: None,
+            },
+            peer,
+        )
+    }
+
+    fn read_answer(peer: &mut UnixStream) -> Response {
+        let mut len = [0u8; 4];
+        peer.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        peer.read_exact(&mut body).unwrap();
+        Response::decode(&body[..]).unwrap()
+    }
+
+    #[test]
+    fn a_full_pipe_drops_its_attacher_and_spares_the_others() {
+        let (slow_read, slow_write) = attach_pipe(true).unwrap();
+        let slow_write = slow_write.unwrap();
+        // Fill the slow client's pipe to capacity.
+        let chunk = vec![b'x'; 64 * 1024];
+        while nix::unistd::write(&slow_write, &chunk).is_ok() {}
+        let (fast_read, fast_write) = attach_pipe(true).unwrap();
+        let (slow, mut slow_peer) = attacher(Some(slow_write));
+        let (fast, _fast_peer) = attacher(fast_write);
+        let (other_stream, _other_peer) = attacher(None);
+        let mut attachers = vec![slow, fast, other_stream];
+        fan_out(&mut attachers, Stream::Stdout, b"line\n");
+        assert_eq!(attachers.len(), 2);
+        assert!(attachers[0].stdout.is_some());
+        let mut got = [0u8; 5];
+        assert_eq!(nix::unistd::read(&fast_read, &mut got).unwrap(), 5);
+        assert_eq!(&got, b"line\n");
+        assert_eq!(read_answer(&mut slow_peer).error, ATTACH_BEHIND);
+        drop(slow_read);
+    }
+
+    #[test]
+    fn a_partial_write_counts_as_behind() {
+        let (_read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).unwrap();
+        // One page of room, mostly taken: a bigger chunk only fits in part.
+        nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096)).unwrap();
+        nix::unistd::write(&write, &[0u8; 1000]).unwrap();
+        assert_eq!(
+            forward(&write, &[1u8; 8192]),
+            Err(ATTACH_BEHIND.to_string())
+        );
+        let (_read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).unwrap();
+        assert_eq!(forward(&write, &[1u8; 8192]), Ok(()));
+    }
+
+    #[test]
+    fn attach_pipes_are_big_and_non_blocking() {
+        let (read, write) = attach_pipe(true).unwrap();
+        let write = write.unwrap();
+        let size = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_GETPIPE_SZ).unwrap();
+        assert!(size >= ATTACH_PIPE_SIZE, "{size}");
+        for fd in [&read, &write] {
+            let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+            assert_ne!(flags & libc::O_NONBLOCK, 0);
+        }
+        // A stream that already ended: the client reads EOF.
+        let (read, write) = attach_pipe(false).unwrap();
+        assert!(write.is_none());
+        assert_eq!(nix::unistd::read(&read, &mut [0u8; 1]).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_closed_connection_is_told_from_an_idle_or_chatty_one() {
+        let (conn, mut peer) = UnixStream::pair().unwrap();
+        conn.set_nonblocking(true).unwrap();
+        assert!(!connection_closed(&conn));
+        peer.write_all(b"ignored").unwrap();
+        assert!(!connection_closed(&conn));
+        peer.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(connection_closed(&conn));
+        let (conn, peer) = UnixStream::pair().unwrap();
+        conn.set_nonblocking(true).unwrap();
+        drop(peer);
+        assert!(connection_closed(&conn));
+        // And poll wakes up for it.
+        let mut fds = [PollFd::new(conn.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll(&mut fds, PollTimeout::ZERO).unwrap(), 1);
+    }
+
+    #[test]
+    fn an_answer_is_not_waited_for() {
+        let (conn, mut peer) = UnixStream::pair().unwrap();
+        answer_nowait(
+            &conn,
+            &Response {
+                exit_code: 3,
+                ..Default::default()
+            },
+        );
+        assert_eq!(read_answer(&mut peer).exit_code, 3);
+    }
 }

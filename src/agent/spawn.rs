@@ -10,7 +10,8 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
-use super::proto::{ExecSync, StartContainer};
+use super::StreamFds;
+use super::proto::{ExecStream, ExecSync, StartContainer};
 use crate::linux::init::{self, ConsoleSocket, ContainerSetup, ExecTarget, Stdio};
 
 /// A started process and the agent's ends of its stdio.
@@ -106,13 +107,7 @@ pub fn container(start: &StartContainer) -> Result<Started, String> {
     // With a tty the child makes the terminal inside the container and sends us its master
     // side; until then its stdio is /dev/null.
     let (child_out, child_err, out, err, console) = if start.tty {
-        let (ours, theirs) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::Stream,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| format!("socketpair: {e}"))?;
+        let (ours, theirs) = console_pair()?;
         (dev_null()?, dev_null()?, None, None, Some((ours, theirs)))
     } else {
         let (out_r, out_w) = pipe()?;
@@ -198,7 +193,126 @@ fn open_ns(pid: Pid, kind: &str) -> Result<OwnedFd, String> {
 
 /// Starts `exec.cmd` inside the running container whose first process is `container`.
 pub fn exec(container: Pid, exec: &ExecSync) -> Result<Started, String> {
-    if exec.cmd.is_empty() {
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let stdio = Stdio {
+        stdin: dev_null()?,
+        stdout: out_w,
+        stderr: err_w,
+        tty: false,
+    };
+    let command = Command {
+        bundle: &exec.bundle,
+        cmd: &exec.cmd,
+        cgroup_procs: &exec.cgroup_procs,
+    };
+    let (pid, _) = exec_in(container, &command, stdio, false)?;
+    nonblocking(&out_r)?;
+    nonblocking(&err_r)?;
+    Ok(Started {
+        pid,
+        stdout: out_r,
+        stderr: Some(err_r),
+        stdin: None,
+    })
+}
+
+/// Starts `exec.cmd` inside the running container for the daemon to stream: answers its pid
+/// and the descriptors that go to the daemon (all non-blocking).
+pub fn exec_stream(container: Pid, exec: &ExecStream) -> Result<(Pid, StreamFds), String> {
+    let command = Command {
+        bundle: &exec.bundle,
+        cmd: &exec.cmd,
+        cgroup_procs: &exec.cgroup_procs,
+    };
+    if exec.tty {
+        // The child opens the terminal after joining the container's mounts; /dev/null until.
+        let stdio = Stdio {
+            stdin: dev_null()?,
+            stdout: dev_null()?,
+            stderr: dev_null()?,
+            tty: false,
+        };
+        let (pid, master) = exec_in(container, &command, stdio, true)?;
+        let master = master.ok_or_else(|| "the command sent no terminal".to_string())?;
+        nonblocking(&master)?;
+        let dup = |wanted: bool| -> Result<Option<OwnedFd>, String> {
+            wanted
+                .then(|| master.try_clone().map_err(|e| format!("dup: {e}")))
+                .transpose()
+        };
+        let fds = StreamFds {
+            stdin: dup(exec.stdin)?,
+            stdout: dup(exec.stdout)?,
+            stderr: None,
+            terminal: None,
+        };
+        return Ok((
+            pid,
+            StreamFds {
+                terminal: Some(master),
+                ..fds
+            },
+        ));
+    }
+    // (the child's end, ours) per stream; /dev/null for a stream not asked for.
+    let (stdin_child, stdin_ours) = if exec.stdin {
+        let (r, w) = pipe()?;
+        (r, Some(w))
+    } else {
+        (dev_null()?, None)
+    };
+    let output = |wanted: bool| -> Result<(OwnedFd, Option<OwnedFd>), String> {
+        if wanted {
+            let (r, w) = pipe()?;
+            Ok((w, Some(r)))
+        } else {
+            Ok((dev_null()?, None))
+        }
+    };
+    let (stdout_child, stdout_ours) = output(exec.stdout)?;
+    let (stderr_child, stderr_ours) = output(exec.stderr)?;
+    let stdio = Stdio {
+        stdin: stdin_child,
+        stdout: stdout_child,
+        stderr: stderr_child,
+        tty: false,
+    };
+    let (pid, _) = exec_in(container, &command, stdio, false)?;
+    for fd in [&stdin_ours, &stdout_ours, &stderr_ours]
+        .into_iter()
+        .flatten()
+    {
+        nonblocking(fd)?;
+    }
+    Ok((
+        pid,
+        StreamFds {
+            stdin: stdin_ours,
+            stdout: stdout_ours,
+            stderr: stderr_ours,
+            terminal: None,
+        },
+    ))
+}
+
+/// What to run in a container.
+struct Command<'a> {
+    bundle: &'a str,
+    cmd: &'a [String],
+    cgroup_procs: &'a [String],
+}
+
+/// Forks `command` into the running container whose first process is `container`, with
+/// `stdio` (the child's ends: closed here once it has them) or, with `tty`, a terminal the
+/// child makes inside the container, whose master is answered. Returns once it has exec'd.
+fn exec_in(
+    container: Pid,
+    command: &Command,
+    stdio: Stdio,
+    tty: bool,
+) -> Result<(Pid, Option<OwnedFd>), String> {
+    if command.cmd.is_empty() {
         return Err("no command to run".to_string());
     }
     let mnt = open_ns(container, "mnt")?;
@@ -206,9 +320,7 @@ pub fn exec(container: Pid, exec: &ExecSync) -> Result<Started, String> {
     let target_pid_ns = open_ns(container, "pid")?;
     let own_pid_ns = std::fs::File::open("/proc/self/ns/pid_for_children")
         .map_err(|e| format!("opening our pid namespace: {e}"))?;
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
-    let stdin = dev_null()?;
+    let console = if tty { Some(console_pair()?) } else { None };
     let (error_read, error_write) = pipe()?;
     // Our children go into the container's PID namespace until we switch back after fork.
     nix::sched::setns(&target_pid_ns, CloneFlags::CLONE_NEWPID)
@@ -219,39 +331,42 @@ pub fn exec(container: Pid, exec: &ExecSync) -> Result<Started, String> {
     {
         drop(error_read);
         let target = ExecTarget {
-            bundle: Path::new(&exec.bundle),
+            bundle: Path::new(command.bundle),
             mnt,
             cgroup_ns,
-            cgroup_procs: &exec.cgroup_procs,
-            args: &exec.cmd,
-        };
-        let stdio = Stdio {
-            stdin,
-            stdout: out_w,
-            stderr: err_w,
-            tty: false,
+            cgroup_procs: command.cgroup_procs,
+            args: command.cmd,
+            console: console.map(|(_, theirs)| ConsoleSocket(theirs)),
         };
         let Err(message) = init::exec(target, stdio);
         fail_child(&error_write, &message);
     }
     let restored = nix::sched::setns(&own_pid_ns, CloneFlags::CLONE_NEWPID);
     let pid = forked?;
-    drop((error_write, out_w, err_w, stdin));
+    drop((error_write, stdio));
     if let Err(e) = restored {
         eprintln!(
             "crius pod-agent: returning to our pid namespace (fd {}): {e}",
             own_pid_ns.as_raw_fd()
         );
     }
+    let master = console.and_then(|(ours, theirs)| {
+        drop(theirs);
+        receive_terminal(&ours)
+    });
     await_exec(pid, error_read)?;
-    nonblocking(&out_r)?;
-    nonblocking(&err_r)?;
-    Ok(Started {
-        pid,
-        stdout: out_r,
-        stderr: Some(err_r),
-        stdin: None,
-    })
+    Ok((pid, master))
+}
+
+/// A socket pair over which a child sends the terminal it made: (ours, the child's).
+fn console_pair() -> Result<(OwnedFd, OwnedFd), String> {
+    nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| format!("socketpair: {e}"))
 }
 
 /// The terminal master a container's first process sends over `socket`; None if it exited

@@ -578,6 +578,7 @@ impl Containers {
             overlay_options,
             tty: record.config.tty,
             stdin: record.config.stdin,
+            stdin_once: record.config.stdin_once,
         };
         let socket = sandboxes.agent_socket(&pod.id);
         match agent::client::start(&socket, request).await {

@@ -123,6 +123,8 @@ pub struct ExecTarget<'a> {
     pub cgroup_ns: Option<OwnedFd>,
     pub cgroup_procs: &'a [String],
     pub args: &'a [String],
+    /// A terminal made inside the container becomes the command's stdio.
+    pub console: Option<ConsoleSocket>,
 }
 
 /// Becomes a command in a running container: its mount and cgroup namespaces (the PID one was
@@ -134,10 +136,18 @@ pub fn exec(target: ExecTarget, stdio: Stdio) -> Result<Infallible, String> {
     die_with_parent()?;
     // Read while the bundle is still reachable, before entering the container's mounts.
     let spec = load_spec(target.bundle)?;
-    let process = spec
+    let mut process = spec
         .process()
         .clone()
         .ok_or_else(|| "config.json has no process".to_string())?;
+    if target.console.is_some() {
+        // Programs need a terminal type to drive a terminal; containerd gives this one.
+        let mut env = process.env().clone().unwrap_or_default();
+        if !env.iter().any(|e| e.starts_with("TERM=")) {
+            env.push("TERM=xterm".to_string());
+            process.set_env(Some(env));
+        }
+    }
     join_cgroup(target.cgroup_procs)?;
     if let Some(cg) = &target.cgroup_ns {
         nix::sched::setns(cg, CloneFlags::CLONE_NEWCGROUP)
@@ -145,6 +155,10 @@ pub fn exec(target: ExecTarget, stdio: Stdio) -> Result<Infallible, String> {
     }
     nix::sched::setns(&target.mnt, CloneFlags::CLONE_NEWNS)
         .map_err(|e| format!("joining the mount namespace: {e}"))?;
+    if let Some(console) = target.console {
+        // From the container's /dev/ptmx, so the terminal has a name inside it.
+        open_terminal(console)?;
+    }
     security::set_rlimits(&process)?;
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     security::finish_and_exec(&process, target.args, seccomp.as_ref())
