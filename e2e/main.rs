@@ -3,6 +3,7 @@
 mod harness;
 mod registry;
 
+mod agent_streams;
 mod containers;
 mod daemon_lifecycle;
 mod events;

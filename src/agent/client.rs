@@ -108,9 +108,15 @@ pub struct StreamedProcess {
 #[derive(Debug)]
 pub struct StreamEnd {
     conn: UnixStream,
+    pid: u32,
 }
 
 impl StreamEnd {
+    /// ExecStream: the command's pid, in the daemon's PID namespace; 0 for an attach.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Waits for the agent's final answer: for an exec, the command's exit (Response.exit_code);
     /// for an attach, the container's exit (exit_code) or an error string (e.g. the attacher was
     /// dropped as too slow, the agent is shutting down). The output pipes may still hold data
@@ -176,7 +182,10 @@ async fn open_stream(socket: &Path, kind: request::Kind) -> Result<StreamedProce
             stdout: stdio.stdout,
             stderr: stdio.stderr,
             terminal: stdio.terminal,
-            end: StreamEnd { conn },
+            end: StreamEnd {
+                conn,
+                pid: response.pid,
+            },
         })
     };
     // Starting a command joins namespaces and may read a big config.json.
