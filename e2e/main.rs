@@ -11,3 +11,4 @@ mod images;
 mod runtime_info;
 mod sandbox;
 mod stats;
+mod stream_client;
