@@ -6,3 +6,4 @@ pub mod http;
 pub mod session;
 pub mod spdy;
 pub mod tokens;
+pub mod websocket;
