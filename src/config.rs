@@ -123,6 +123,9 @@ pub struct CniConfig {
 pub struct StreamingConfig {
     /// `host:port` of the exec/attach/port-forward server; port 0 picks a free port at start.
     pub address: String,
+    /// PEM certificate chain and private key: with both, the server speaks TLS (https URLs).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -180,6 +183,8 @@ impl Default for StreamingConfig {
     fn default() -> Self {
         StreamingConfig {
             address: "127.0.0.1:0".to_string(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -268,6 +273,23 @@ impl Config {
             ));
         }
         validate_streaming_address(&self.streaming.address)?;
+        match (&self.streaming.tls_cert, &self.streaming.tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "streaming.tls_key",
+                    "",
+                    "tls_cert is set, so tls_key must be too",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "streaming.tls_cert",
+                    "",
+                    "tls_key is set, so tls_cert must be too",
+                ));
+            }
+            _ => {}
+        }
         if !self.metrics.address.is_empty() && self.metrics.address.parse::<SocketAddr>().is_err() {
             return Err(ConfigError::invalid(
                 "metrics.address",

@@ -8,6 +8,7 @@ use crate::container::Containers;
 use crate::image::Images;
 use crate::sandbox::Sandboxes;
 use crate::store::Store;
+use crate::streaming::server::StreamingServer;
 
 pub struct Context {
     pub config: Config,
@@ -17,6 +18,8 @@ pub struct Context {
     pub containers: Containers,
     /// Detected once at start: the hierarchy cannot change under a running daemon.
     pub cgroups: CgroupLayout,
+    /// Hands out the URLs of Exec, Attach and PortForward.
+    pub streaming: StreamingServer,
 }
 
 /// Settings keys in the store.

@@ -17,7 +17,9 @@ use crate::image::Images;
 use crate::lockfile::{LockError, LockFile};
 use crate::sandbox::Sandboxes;
 use crate::server;
+use crate::server::runtime::streaming::StreamBackend;
 use crate::store::{Store, StoreError};
+use crate::streaming::server::StreamingServer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -34,6 +36,8 @@ pub enum DaemonError {
         context: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Streaming(#[from] crate::streaming::server::ServerError),
     #[error("serving metrics on {0}: {1}")]
     Metrics(String, std::io::Error),
     #[error("serving CRI on {socket}: {source}")]
@@ -86,6 +90,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         &config.state,
         cgroups.version,
     );
+    let tls = match (&config.streaming.tls_cert, &config.streaming.tls_key) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        _ => None,
+    };
+    let streaming = StreamingServer::bind(&config.streaming.address, tls).await?;
+    tracing::info!(url = %streaming.base_url(), "streaming server listening");
     let ctx = Arc::new(Context {
         config,
         store,
@@ -93,7 +103,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         sandboxes,
         containers,
         cgroups,
+        streaming,
     });
+    ctx.streaming
+        .serve(Arc::new(StreamBackend { ctx: ctx.clone() }));
     let watching = ctx.clone();
     tokio::spawn(async move {
         watching.containers.watch_exits(&watching.sandboxes).await;

@@ -20,6 +20,8 @@ pub enum Error {
     #[error("{0}")]
     DeadlineExceeded(String),
     #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
     Unauthenticated(String),
     #[error("{0}")]
     PermissionDenied(String),

@@ -6,6 +6,7 @@
 pub mod oci;
 pub mod record;
 pub mod spec;
+pub mod streams;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -5,6 +5,7 @@
 
 pub mod files;
 pub mod pod;
+pub mod port_forward;
 pub mod record;
 pub mod sysctl;
 

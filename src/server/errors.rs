@@ -14,6 +14,7 @@ impl From<Error> for Status {
             Error::Unimplemented { .. } => Code::Unimplemented,
             Error::Unavailable(_) => Code::Unavailable,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::DataLoss(_) => Code::DataLoss,

@@ -3,7 +3,9 @@
 
 pub mod channels;
 pub mod http;
+pub mod server;
 pub mod session;
 pub mod spdy;
+pub mod spdy_io;
 pub mod tokens;
 pub mod websocket;

@@ -6,6 +6,7 @@ mod pod_metrics;
 mod sandbox;
 mod stats;
 mod status;
+pub mod streaming;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -222,23 +223,39 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
 
     async fn exec(
         &self,
-        _request: Request<cri::ExecRequest>,
+        request: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        rpc::unimplemented("Exec").await
+        let req = request.into_inner();
+        let id = req.container_id.clone();
+        rpc::handle("Exec", Ids::container(&id), streaming::exec(&self.ctx, req)).await
     }
 
     async fn attach(
         &self,
-        _request: Request<cri::AttachRequest>,
+        request: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        rpc::unimplemented("Attach").await
+        let req = request.into_inner();
+        let id = req.container_id.clone();
+        rpc::handle(
+            "Attach",
+            Ids::container(&id),
+            streaming::attach(&self.ctx, req),
+        )
+        .await
     }
 
     async fn port_forward(
         &self,
-        _request: Request<cri::PortForwardRequest>,
+        request: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        rpc::unimplemented("PortForward").await
+        let req = request.into_inner();
+        let id = req.pod_sandbox_id.clone();
+        rpc::handle(
+            "PortForward",
+            Ids::pod(&id),
+            streaming::port_forward(&self.ctx, req),
+        )
+        .await
     }
 
     async fn container_stats(
