@@ -12,3 +12,4 @@ mod runtime_info;
 mod sandbox;
 mod stats;
 mod stream_client;
+mod streaming;

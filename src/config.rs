@@ -126,6 +126,8 @@ pub struct StreamingConfig {
     /// PEM certificate chain and private key: with both, the server speaks TLS (https URLs).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// How long a URL handed out by Exec, Attach or PortForward stays valid, in seconds.
+    pub token_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,6 +187,7 @@ impl Default for StreamingConfig {
             address: "127.0.0.1:0".to_string(),
             tls_cert: None,
             tls_key: None,
+            token_ttl_secs: 60,
         }
     }
 }
@@ -273,6 +276,13 @@ impl Config {
             ));
         }
         validate_streaming_address(&self.streaming.address)?;
+        if !(1..=3600).contains(&self.streaming.token_ttl_secs) {
+            return Err(ConfigError::invalid(
+                "streaming.token_ttl_secs",
+                self.streaming.token_ttl_secs.to_string(),
+                "must be 1-3600",
+            ));
+        }
         match (&self.streaming.tls_cert, &self.streaming.tls_key) {
             (Some(_), None) => {
                 return Err(ConfigError::invalid(

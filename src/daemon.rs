@@ -94,7 +94,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
         _ => None,
     };
-    let streaming = StreamingServer::bind(&config.streaming.address, tls).await?;
+    let streaming = StreamingServer::bind(
+        &config.streaming.address,
+        tls,
+        std::time::Duration::from_secs(config.streaming.token_ttl_secs),
+    )
+    .await?;
     tracing::info!(url = %streaming.base_url(), "streaming server listening");
     let ctx = Arc::new(Context {
         config,

@@ -55,7 +55,9 @@ pub struct ExecIo {
     pub client_gone: oneshot::Receiver<()>,
 }
 
-/// One forwarded connection the client asks for: to `port` inside the pod.
+/// One forwarded connection the client asks for: to `port` inside the pod. Transports hand
+/// these out on a channel that closes only when the client's connection ends, which tells the
+/// handler to close whatever is still open.
 #[derive(Debug)]
 pub struct ForwardRequest {
     pub port: u16,

@@ -63,7 +63,11 @@ pub struct StreamingServer {
 impl StreamingServer {
     /// Binds `address` (port 0: a free port); with `tls` (certificate chain and key, PEM), the
     /// URLs are https.
-    pub async fn bind(address: &str, tls: Option<(&Path, &Path)>) -> Result<Self, ServerError> {
+    pub async fn bind(
+        address: &str,
+        tls: Option<(&Path, &Path)>,
+        token_ttl: Duration,
+    ) -> Result<Self, ServerError> {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| ServerError::Bind {
@@ -78,7 +82,11 @@ impl StreamingServer {
         let scheme = if tls.is_some() { "https" } else { "http" };
         Ok(StreamingServer {
             base_url: format!("{scheme}://{}", reachable(local)),
-            tokens: Arc::new(TokenStore::new()),
+            tokens: Arc::new(TokenStore::with_clock(
+                token_ttl,
+                super::tokens::MAX_PENDING,
+                Arc::new(std::time::Instant::now),
+            )),
             listener: std::sync::Mutex::new(Some(listener)),
             tls,
         })

@@ -364,10 +364,10 @@ where
             error: err_tx,
         });
     }
-    drop(requests_tx);
-
     let framing = Framing::of(protocol);
     let task = tokio::spawn(async move {
+        // The receiver closing tells the handler the client is gone: not before that.
+        let _requests = requests_tx;
         let ws = server_socket(io, already_read).await;
         let (mut sink, mut stream) = ws.split();
         let outcome = {
