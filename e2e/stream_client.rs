@@ -118,6 +118,7 @@ pub struct StreamUrl {
 pub fn parse_url(url: &str) -> Result<StreamUrl> {
     let rest = url
         .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
         .or_else(|| url.strip_prefix("ws://"))
         .ok_or_else(|| ClientError::Protocol(format!("not an http:// or ws:// URL: {url}")))?;
     let (authority, target) = match rest.find(['/', '?']) {
@@ -328,8 +329,18 @@ async fn read_until<S: ByteSource>(
 /// Returns the connection, bytes read past the response head and the negotiated protocol
 /// (empty if the server named none, which client-go takes as `channel.k8s.io`).
 pub async fn spdy_upgrade(url: &str, protocols: &[&str]) -> Result<(TcpStream, BytesMut, String)> {
+    let parsed = parse_url(url)?;
+    let tcp = TcpStream::connect(&parsed.authority).await?;
+    spdy_upgrade_on(tcp, url, protocols).await
+}
+
+/// [`spdy_upgrade`] on a connection already made (e.g. TLS).
+pub async fn spdy_upgrade_on<IO: AsyncRead + AsyncWrite + Unpin>(
+    mut tcp: IO,
+    url: &str,
+    protocols: &[&str],
+) -> Result<(IO, BytesMut, String)> {
     let url = parse_url(url)?;
-    let mut tcp = TcpStream::connect(&url.authority).await?;
     // Go's Request.Write: Host, User-Agent, Content-Length (0 for a body-less POST), then the
     // headers sorted by name, each value of X-Stream-Protocol-Version on a line of its own.
     let mut head = format!(
@@ -373,7 +384,7 @@ pub async fn spdy_upgrade(url: &str, protocols: &[&str]) -> Result<(TcpStream, B
 
 type Head = (u16, Vec<(String, String)>, BytesMut);
 
-async fn read_response_head(io: &mut TcpStream) -> Result<Head> {
+async fn read_response_head<IO: AsyncRead + Unpin>(io: &mut IO) -> Result<Head> {
     let mut buf = BytesMut::with_capacity(4096);
     let end = tokio::time::timeout(HEAD_TIMEOUT, async {
         loop {
@@ -409,7 +420,11 @@ async fn read_response_head(io: &mut TcpStream) -> Result<Head> {
 }
 
 /// A refusal's body: Content-Length bytes, or up to EOF; best effort.
-async fn read_body(io: &mut TcpStream, headers: &[(String, String)], buf: &mut BytesMut) -> String {
+async fn read_body<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    headers: &[(String, String)],
+    buf: &mut BytesMut,
+) -> String {
     let len = headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case("Content-Length"))
@@ -945,6 +960,11 @@ pub async fn spdy_exec(url: &str, opts: ExecOptions) -> Result<SpdyExec> {
 
 pub async fn spdy_exec_with(url: &str, opts: ExecOptions, protocols: &[&str]) -> Result<SpdyExec> {
     let conn = SpdyConnection::dial(url, protocols).await?;
+    spdy_exec_on(conn, opts).await
+}
+
+/// Creates the exec streams on a connection already upgraded.
+pub async fn spdy_exec_on(conn: SpdyConnection, opts: ExecOptions) -> Result<SpdyExec> {
     let create = |kind: &'static str| {
         let conn = &conn;
         async move {

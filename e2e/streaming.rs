@@ -9,8 +9,9 @@ use crate::containers::{Pod, busybox, container_config, remove_all, run, start_p
 use crate::harness::{Daemon, processes_mentioning};
 use crate::images::pull;
 use crate::stream_client::{
-    ExecOptions, ExecStatus, spdy_exec, spdy_over_ws_port_forward, spdy_port_forward, spdy_run,
-    ws_exec, ws_port_forward, ws_run, ws_run_with,
+    ExecOptions, ExecStatus, SPDY_EXEC_PROTOCOLS, SpdyConnection, parse_url, spdy_exec,
+    spdy_exec_on, spdy_over_ws_port_forward, spdy_port_forward, spdy_run, spdy_upgrade_on, ws_exec,
+    ws_port_forward, ws_run, ws_run_with,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -540,5 +541,87 @@ async fn urls_expire() {
         .unwrap();
     let out = spdy_run(&url, options, b"", WAIT).await.unwrap();
     assert_eq!(out.stdout_str(), "in-time\n");
+    remove_all(&daemon, &pod).await;
+}
+
+/// A self-signed certificate for 127.0.0.1, made with openssl: (dir, cert, key).
+fn self_signed() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=crius-e2e"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        // A leaf, not a CA: TLS clients refuse a CA certificate as the server's.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    (dir, cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_over_tls() {
+    use rustls_pki_types::pem::PemObject;
+    let (_certs, cert, key) = self_signed();
+    let daemon = Daemon::start(&format!(
+        "[streaming]\ntls_cert = {:?}\ntls_key = {:?}",
+        cert.display().to_string(),
+        key.display().to_string()
+    ))
+    .await;
+    daemon.dir.write_bridge_cni_config();
+    pull(&daemon, &busybox()).await.unwrap();
+    let pod = start_pod(&daemon, "tls", |_| {}).await;
+    let id = run(&daemon, &pod, container_config("idle", &["sleep", "1000"])).await;
+    let options = ExecOptions {
+        stdout: true,
+        ..Default::default()
+    };
+    let url = exec_url(&daemon, exec_request(&id, &["echo", "over-tls"], options))
+        .await
+        .unwrap();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_file(&cert).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(parse_url(&url).unwrap().authority)
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (tls, rest, protocol) = spdy_upgrade_on(tls, &url, SPDY_EXEC_PROTOCOLS)
+        .await
+        .unwrap();
+    let exec = spdy_exec_on(SpdyConnection::start(tls, rest, protocol), options)
+        .await
+        .unwrap();
+    let out = exec.wait(WAIT).await.unwrap();
+    assert_eq!(out.stdout_str(), "over-tls\n");
+    assert_eq!(out.status, ExecStatus::Success);
     remove_all(&daemon, &pod).await;
 }

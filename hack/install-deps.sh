@@ -13,6 +13,7 @@ packages=(
     busybox-static             # test images are built from it
     zstd attr                  # zstd layers; getfattr to check unpacked xattrs
     sqlite3 ca-certificates curl python3
+    openssl                    # a self-signed certificate for the streaming TLS test
 )
 
 if [[ $(id -u) != 0 ]]; then
