@@ -1821,6 +1821,9 @@ impl WsPortForward {
 
 /// The clients against crius's server-side pieces (SPDY) and a tiny tungstenite server
 /// (WebSocket), over loopback TCP.
+#[cfg(test)]
+// The benchmarks include this file too, where not every test is built.
+#[allow(unused_imports)]
 mod tests {
     use super::*;
     use crius::streaming::http::{self, RequestHead, Route};
