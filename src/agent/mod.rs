@@ -5,6 +5,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+mod attach;
 pub mod client;
 pub mod process;
 pub mod spawn;
