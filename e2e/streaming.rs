@@ -105,6 +105,37 @@ async fn container_state(daemon: &Daemon, id: &str) -> i32 {
     .state
 }
 
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// The daemon's and the pod agent's open descriptors.
+fn fds_of(daemon: &Daemon) -> (usize, usize) {
+    let agents = daemon.dir.state().join("agents").display().to_string();
+    let agent = processes_mentioning(&agents)
+        .first()
+        .map(|(pid, _)| *pid)
+        .expect("the pod agent");
+    (open_fds(daemon.pid().as_raw()), open_fds(agent))
+}
+
+/// Sessions that ended leave no descriptor behind in the daemon or the agent (each task, pipe
+/// and connection holds one).
+async fn assert_fds_back_to(daemon: &Daemon, before: (usize, usize)) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = fds_of(daemon);
+        if now == before {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "descriptors {before:?} became {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn refused_status(result: Result<impl Sized, crate::stream_client::ClientError>) -> Option<u16> {
     match result {
         Ok(_) => None,
@@ -119,6 +150,7 @@ async fn exec_over_spdy_and_websocket() {
     pull(&daemon, &busybox()).await.unwrap();
     let pod = start_pod(&daemon, "exec-stream", |_| {}).await;
     let id = run(&daemon, &pod, container_config("idle", &["sleep", "1000"])).await;
+    let fds_before = fds_of(&daemon);
 
     // stdin echoed, then EOF ends `cat`: SPDY v4, WebSocket v5, and the base64 protocol.
     let url = exec_url(&daemon, exec_request(&id, &["cat"], PIPES))
@@ -279,6 +311,8 @@ async fn exec_over_spdy_and_websocket() {
         refused_status(ws_run(&forged, no_stdin, b"", WAIT).await),
         Some(404)
     );
+
+    assert_fds_back_to(&daemon, fds_before).await;
 
     // Bad requests: the right code and nothing handed out.
     use tonic::Code;
@@ -459,6 +493,7 @@ async fn port_forward_into_the_pod() {
         ),
     )
     .await;
+    let fds_before = fds_of(&daemon);
     let request = b"GET /hostname HTTP/1.0\r\n\r\n";
     let deadline = Instant::now() + WAIT;
 
@@ -502,6 +537,7 @@ async fn port_forward_into_the_pod() {
     let _open = forward.open(8080).await.unwrap();
     forward.abort();
     assert!(Instant::now() < deadline);
+    assert_fds_back_to(&daemon, fds_before).await;
 
     // Bad requests.
     use tonic::Code;
