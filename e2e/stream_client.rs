@@ -2198,7 +2198,8 @@ mod tests {
             ("127.0.0.1:1234", "/exec/tok?a=1")
         );
         assert_eq!(parse_url("ws://h:1").unwrap().target, "/");
-        assert!(parse_url("https://h/x").is_err());
+        assert_eq!(parse_url("https://h:2/x").unwrap().authority, "h:2");
+        assert!(parse_url("ftp://h/x").is_err());
     }
 
     // --- WebSocket -------------------------------------------------------------------------

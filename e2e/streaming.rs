@@ -125,7 +125,8 @@ async fn assert_fds_back_to(daemon: &Daemon, before: (usize, usize)) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let now = fds_of(daemon);
-        if now == before {
+        // Fewer is fine: the baseline may include a descriptor of work still finishing then.
+        if now.0 <= before.0 && now.1 <= before.1 {
             return;
         }
         assert!(
