@@ -331,6 +331,8 @@ async fn read_until<S: ByteSource>(
 pub async fn spdy_upgrade(url: &str, protocols: &[&str]) -> Result<(TcpStream, BytesMut, String)> {
     let parsed = parse_url(url)?;
     let tcp = TcpStream::connect(&parsed.authority).await?;
+    // Go's net.Dial sets TCP_NODELAY; without it small frames wait on delayed ACKs.
+    tcp.set_nodelay(true)?;
     spdy_upgrade_on(tcp, url, protocols).await
 }
 
@@ -1337,6 +1339,7 @@ pub async fn ws_connect(
 ) -> Result<(WebSocketStream<TcpStream>, String)> {
     let url = parse_url(url)?;
     let tcp = TcpStream::connect(&url.authority).await?;
+    tcp.set_nodelay(true)?;
     let mut request = format!("ws://{}{}", url.authority, url.target)
         .into_client_request()
         .map_err(|e| ClientError::WebSocket(e.to_string()))?;
