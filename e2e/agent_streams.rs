@@ -11,7 +11,7 @@ use crius::agent::proto::{Attach, ExecStream, ExecSync};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::containers::{Pod, busybox, container_config, remove_all, run, start_pod};
-use crate::harness::{Daemon, processes_mentioning};
+use crate::harness::{Daemon, wait_gone, wait_running};
 use crate::images::pull;
 
 fn agent_socket(daemon: &Daemon, pod: &Pod) -> PathBuf {
@@ -77,14 +77,6 @@ fn write_all(fd: &OwnedFd, mut data: &[u8]) {
             Err(nix::errno::Errno::EAGAIN) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => panic!("write: {e}"),
         }
-    }
-}
-
-async fn wait_gone(needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !processes_mentioning(needle).is_empty() {
-        assert!(Instant::now() < deadline, "{needle:?} still runs");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -189,14 +181,7 @@ async fn exec_streams_pipes_tty_exit_codes_and_clients_that_go() {
     .await
     .unwrap();
     let pid = p.end.pid() as i32;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while processes_mentioning("sleep 7101").is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the background sleep never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_running("sleep 7101").await;
     drop(p);
     wait_gone("sleep 7101").await;
     wait_gone("sleep 7102").await;

@@ -128,7 +128,10 @@ pub async fn run(daemon: &Daemon, pod: &Pod, config: cri::ContainerConfig) -> St
     id
 }
 
-async fn status(daemon: &Daemon, id: &str) -> Result<cri::ContainerStatusResponse, tonic::Status> {
+pub async fn status(
+    daemon: &Daemon,
+    id: &str,
+) -> Result<cri::ContainerStatusResponse, tonic::Status> {
     daemon
         .runtime()
         .await

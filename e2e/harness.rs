@@ -451,6 +451,24 @@ pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     found
 }
 
+/// Waits (up to 10 s) until no process's command line mentions `needle`.
+pub async fn wait_gone(needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(needle).is_empty() {
+        assert!(Instant::now() < deadline, "{needle:?} still runs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (up to 10 s) until some process's command line mentions `needle`.
+pub async fn wait_running(needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_mentioning(needle).is_empty() {
+        assert!(Instant::now() < deadline, "{needle:?} never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A gRPC channel over the unix socket, as kubelet dials it.
 pub async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
     let socket = socket.to_path_buf();

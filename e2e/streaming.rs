@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
 
-use crate::containers::{Pod, busybox, container_config, remove_all, run, start_pod};
-use crate::harness::{Daemon, processes_mentioning};
+use crate::containers::{Pod, busybox, container_config, remove_all, run, start_pod, status};
+use crate::harness::{Daemon, processes_mentioning, wait_gone, wait_running};
 use crate::images::pull;
 use crate::stream_client::{
     ExecOptions, ExecStatus, SPDY_EXEC_PROTOCOLS, SpdyConnection, parse_url, spdy_exec,
@@ -75,34 +75,8 @@ const TTY: ExecOptions = ExecOptions {
     tty: true,
 };
 
-async fn wait_gone(needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !processes_mentioning(needle).is_empty() {
-        assert!(Instant::now() < deadline, "{needle:?} still runs");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn wait_running(needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while processes_mentioning(needle).is_empty() {
-        assert!(Instant::now() < deadline, "{needle:?} never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn container_state(daemon: &Daemon, id: &str) -> i32 {
-    let mut rt = daemon.runtime().await.unwrap();
-    rt.container_status(cri::ContainerStatusRequest {
-        container_id: id.to_string(),
-        verbose: false,
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .status
-    .unwrap()
-    .state
+    status(daemon, id).await.unwrap().status.unwrap().state
 }
 
 fn open_fds(pid: i32) -> usize {

@@ -102,6 +102,31 @@ impl Drop for Containerd {
 
 /// Removes a cgroup tree bottom-up in every hierarchy (containerd leaves the parents kubelet
 /// would own).
+/// containerd on its own bridge network (the same CNI plugins as crius), with `pause` from the
+/// local registry as its sandbox image; the TestDir holds the network config.
+pub async fn start_with_cni(registry: &str, pause: &str) -> (Containerd, TestDir) {
+    let net_dir = TestDir::new();
+    net_dir.write_bridge_cni_config();
+    let cri_config = format!(
+        "  restrict_oom_score_adj = true\n  sandbox_image = \"{pause}\"\n  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n    bin_dir = \"/usr/lib/cni\"\n    conf_dir = {:?}\n",
+        net_dir.cni_conf_dir()
+    );
+    (Containerd::start(registry, &cri_config).await, net_dir)
+}
+
+/// Stops containerd and removes the cgroup parents its pods used.
+pub fn stop_with_cni(containerd: &mut Containerd, net_dir: &TestDir) {
+    containerd.stop();
+    let parent = net_dir.cgroup_parent("x");
+    remove_cgroup_tree(
+        parent
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default(),
+    );
+}
+
 pub fn remove_cgroup_tree(top: &str) {
     for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
         .into_iter()

@@ -19,9 +19,7 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1 as cri;
 
 use harness::{Daemon, TestDir};
-use peer::{
-    Containerd, median, ms, p90, pids_of, pss_kib, remove_cgroup_tree, rss_kib, timed_pull,
-};
+use peer::{median, ms, p90, pids_of, pss_kib, rss_kib, timed_pull};
 
 const TIMED_PODS: usize = 20;
 
@@ -237,16 +235,9 @@ async fn main() {
     report("crius", &crius);
 
     // containerd 1.6 + runc: same CNI plugins, its own bridge network.
-    let net_dir = TestDir::new();
-    net_dir.write_bridge_cni_config();
-    let cri_config = format!(
-        "  restrict_oom_score_adj = true\n  sandbox_image = \"{pause}\"\n  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n    bin_dir = \"/usr/lib/cni\"\n    conf_dir = {:?}\n",
-        net_dir.cni_conf_dir()
-    );
-    let mut containerd = Containerd::start(&registry, &cri_config).await;
+    let (mut containerd, net_dir) = peer::start_with_cni(&registry, &pause).await;
     timed_pull(&containerd.socket(), &pause).await;
     let containerd_pid = containerd.pid().unwrap();
-    let state = containerd.dir.state().display().to_string();
     let theirs = scenario(
         &containerd.socket(),
         &net_dir,
@@ -260,17 +251,7 @@ async fn main() {
         },
     )
     .await;
-    let _ = state;
-    containerd.stop();
-    // The top of the cgroup parents the containerd pods used.
-    let parent = net_dir.cgroup_parent("x");
-    remove_cgroup_tree(
-        parent
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or_default(),
-    );
+    peer::stop_with_cni(&mut containerd, &net_dir);
     let theirs = match theirs {
         Ok(m) => m,
         Err(e) => {

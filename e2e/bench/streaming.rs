@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1 as cri;
 
 use harness::{Daemon, TestDir};
-use peer::{Containerd, median, ms, remove_cgroup_tree, timed_pull};
+use peer::{median, ms, timed_pull};
 use stream_client::{ExecOptions, ExecStatus, spdy_port_forward, spdy_run};
 
 const ROUNDS: usize = 30;
@@ -256,24 +256,10 @@ async fn main() {
     drop(daemon);
     report("crius", &crius);
 
-    let net_dir = TestDir::new();
-    net_dir.write_bridge_cni_config();
-    let cri_config = format!(
-        "  restrict_oom_score_adj = true\n  sandbox_image = \"{pause}\"\n  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n    bin_dir = \"/usr/lib/cni\"\n    conf_dir = {:?}\n",
-        net_dir.cni_conf_dir()
-    );
-    let mut containerd = Containerd::start(&registry, &cri_config).await;
+    let (mut containerd, net_dir) = peer::start_with_cni(&registry, &pause).await;
     timed_pull(&containerd.socket(), &busybox).await;
     let theirs = scenario(&containerd.socket(), &net_dir, &busybox).await;
-    containerd.stop();
-    let parent = net_dir.cgroup_parent("x");
-    remove_cgroup_tree(
-        parent
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or_default(),
-    );
+    peer::stop_with_cni(&mut containerd, &net_dir);
     let theirs = match theirs {
         Ok(m) => m,
         Err(e) => {

@@ -38,9 +38,13 @@ pub struct ExecOptions {
 }
 
 impl Containers {
-    /// The checks Exec and Attach make before handing out a URL: the container exists and
-    /// runs.
-    pub async fn require_running(&self, sandboxes: &Sandboxes, id: &str) -> Result<()> {
+    /// The checks Exec and Attach make before handing out a URL, and again once the client
+    /// connects: the container exists and runs.
+    pub async fn require_running(
+        &self,
+        sandboxes: &Sandboxes,
+        id: &str,
+    ) -> Result<super::record::ContainerRecord> {
         let record = self.require(id, sandboxes).await?;
         if record.state != ContainerState::Running {
             return Err(Error::FailedPrecondition(format!(
@@ -49,7 +53,7 @@ impl Containers {
                 record.state.cri().as_str_name()
             )));
         }
-        Ok(())
+        Ok(record)
     }
 
     /// Runs `options.cmd` in the container, serving its stdio over `io` until it exits or the
@@ -62,13 +66,7 @@ impl Containers {
         io: ExecIo,
     ) {
         let started = async {
-            let record = self.require(id, sandboxes).await?;
-            if record.state != ContainerState::Running {
-                return Err(Error::FailedPrecondition(format!(
-                    "container {} is not running",
-                    record.id
-                )));
-            }
+            let record = self.require_running(sandboxes, id).await?;
             let request = proto::ExecStream {
                 id: record.id.clone(),
                 bundle: self.bundle(&record.id).to_string_lossy().into_owned(),
@@ -117,13 +115,7 @@ impl Containers {
         io: ExecIo,
     ) {
         let started = async {
-            let record = self.require(id, sandboxes).await?;
-            if record.state != ContainerState::Running {
-                return Err(Error::FailedPrecondition(format!(
-                    "container {} is not running",
-                    record.id
-                )));
-            }
+            let record = self.require_running(sandboxes, id).await?;
             // The container's own terminal setting decides what its stdio is.
             let has_tty = record.config.tty;
             let request = proto::Attach {
