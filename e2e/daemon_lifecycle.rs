@@ -253,7 +253,13 @@ async fn the_store_survives_kill_9_mid_write() {
                 }
             })
         };
-        tokio::time::sleep(Duration::from_millis(150 + 100 * round)).await;
+        // Writes are under way (the first acknowledged, even on a loaded machine), then the
+        // kill lands somewhere in the middle of later ones.
+        let started = std::time::Instant::now();
+        while acked.load(Ordering::SeqCst) == 0 && started.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50 + 100 * round)).await;
         daemon.kill9();
         let _ = writer.await;
         let last_acked = acked.load(Ordering::SeqCst);

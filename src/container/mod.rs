@@ -56,6 +56,9 @@ pub struct ContainerEvent {
     pub kind: cri::ContainerEventType,
     /// Nanoseconds since the epoch.
     pub at: i64,
+    /// The container as it was at the event, for a subscriber that is sent the event after
+    /// the container is gone.
+    pub record: Box<ContainerRecord>,
 }
 
 /// How many events a subscriber may have unread before it is dropped.
@@ -98,12 +101,16 @@ impl Containers {
     }
 
     fn emit(&self, record: &ContainerRecord, kind: cri::ContainerEventType) {
-        // No subscriber is not an error.
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        // No subscriber left by now is not an error.
         let _ = self.events.send(ContainerEvent {
             container_id: record.id.clone(),
             pod_id: record.sandbox_id.clone(),
             kind,
             at: now_ns(),
+            record: Box::new(record.clone()),
         });
     }
 

@@ -1,5 +1,6 @@
 //! GetContainerEvents: each subscriber gets the containers' lifecycle events in order, with
-//! the pod's status and its containers' statuses as they are when the event is sent. A
+//! the pod's status and its containers' statuses as they are when the event is sent (the
+//! event's own container as it was at the event, if it is gone by then). A
 //! subscriber that falls more than the buffer behind gets an error and its stream ends; the
 //! runtime never waits for it.
 
@@ -55,10 +56,19 @@ async fn response(ctx: &Context, event: ContainerEvent) -> cri::ContainerEventRe
     )
     .await
     .ok();
-    let (pod_sandbox_status, containers_statuses) = match pod_status {
+    let (pod_sandbox_status, mut containers_statuses) = match pod_status {
         Some(r) => (r.status, r.containers_statuses),
         None => (None, vec![]),
     };
+    // Removed before this event went out: report it as it was at the event.
+    let deleted = event.kind == cri::ContainerEventType::ContainerDeletedEvent;
+    if !deleted
+        && !containers_statuses
+            .iter()
+            .any(|c| c.id == event.container_id)
+    {
+        containers_statuses.push(super::container::status_of(&event.record));
+    }
     cri::ContainerEventResponse {
         container_id: event.container_id,
         container_event_type: event.kind as i32,
