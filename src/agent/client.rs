@@ -22,18 +22,24 @@ async fn call(socket: &Path, kind: request::Kind) -> Result<Response, String> {
     call_within(socket, kind, TIMEOUT).await
 }
 
+/// Connects to the agent and sends one request; the answer follows on the connection.
+async fn send_request(socket: &Path, kind: request::Kind) -> Result<UnixStream, String> {
+    let mut conn = UnixStream::connect(socket)
+        .await
+        .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+    conn.write_all(&frame(&Request { kind: Some(kind) }))
+        .await
+        .map_err(|e| format!("sending: {e}"))?;
+    Ok(conn)
+}
+
 async fn call_within(
     socket: &Path,
     kind: request::Kind,
     timeout: Duration,
 ) -> Result<Response, String> {
     let exchange = async {
-        let mut conn = UnixStream::connect(socket)
-            .await
-            .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
-        conn.write_all(&frame(&Request { kind: Some(kind) }))
-            .await
-            .map_err(|e| format!("sending: {e}"))?;
+        let mut conn = send_request(socket, kind).await?;
         let response = read_frame(&mut conn).await?;
         if response.error.is_empty() {
             Ok(response)
@@ -145,12 +151,7 @@ pub async fn attach(socket: &Path, request: Attach) -> Result<StreamedProcess, S
 
 async fn open_stream(socket: &Path, kind: request::Kind) -> Result<StreamedProcess, String> {
     let exchange = async {
-        let mut conn = UnixStream::connect(socket)
-            .await
-            .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
-        conn.write_all(&frame(&Request { kind: Some(kind) }))
-            .await
-            .map_err(|e| format!("sending: {e}"))?;
+        let conn = send_request(socket, kind).await?;
         let mut fds = Vec::new();
         let mut len = [0u8; 4];
         read_exact_with_fds(&conn, &mut len, &mut fds).await?;
