@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1 as cri;
+use crius::cri;
 use tonic::Code;
 
 use crate::harness::Daemon;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use k8s_cri::v1 as cri;
+use crius::cri;
 use nix::sys::signal::Signal;
 
 use crate::harness::{Daemon, TestDir, pod_cidr_request, run_crius};

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use k8s_cri::v1 as cri;
+use crius::cri;
 use tokio_stream::StreamExt;
 
 use crate::containers::{busybox, container_config, remove_all, run, start_pod};

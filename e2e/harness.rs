@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crius::cri::image_service_client::ImageServiceClient;
+use crius::cri::runtime_service_client::RuntimeServiceClient;
 use hyper_util::rt::TokioIo;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -259,7 +259,7 @@ impl Daemon {
             if self.socket().exists() {
                 let ok = async {
                     let mut c = self.runtime().await.ok()?;
-                    c.version(k8s_cri::v1::VersionRequest::default()).await.ok()
+                    c.version(crius::cri::VersionRequest::default()).await.ok()
                 }
                 .await
                 .is_some();
@@ -391,7 +391,7 @@ impl Daemon {
                 };
                 let mut client = RuntimeServiceClient::new(channel);
                 let Ok(pods) = client
-                    .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
+                    .list_pod_sandbox(crius::cri::ListPodSandboxRequest { filter: None })
                     .await
                 else {
                     return;
@@ -399,12 +399,12 @@ impl Daemon {
                 for pod in pods.into_inner().items {
                     let id = pod.id;
                     let _ = client
-                        .stop_pod_sandbox(k8s_cri::v1::StopPodSandboxRequest {
+                        .stop_pod_sandbox(crius::cri::StopPodSandboxRequest {
                             pod_sandbox_id: id.clone(),
                         })
                         .await;
                     let _ = client
-                        .remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest {
+                        .remove_pod_sandbox(crius::cri::RemovePodSandboxRequest {
                             pod_sandbox_id: id,
                         })
                         .await;
@@ -486,8 +486,8 @@ pub async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> 
 }
 
 /// UpdateRuntimeConfig with a pod CIDR, as kubelet sends it.
-pub fn pod_cidr_request(cidr: &str) -> k8s_cri::v1::UpdateRuntimeConfigRequest {
-    use k8s_cri::v1 as cri;
+pub fn pod_cidr_request(cidr: &str) -> crius::cri::UpdateRuntimeConfigRequest {
+    use crius::cri;
     cri::UpdateRuntimeConfigRequest {
         runtime_config: Some(cri::RuntimeConfig {
             network_config: Some(cri::NetworkConfig {

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1 as cri;
+use crius::cri;
 use tonic::Code;
 
 use crate::harness::Daemon;

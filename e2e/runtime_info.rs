@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use k8s_cri::v1 as cri;
+use crius::cri;
 use tonic::Code;
 
 use crate::harness::{Daemon, pod_cidr_request};

@@ -8,7 +8,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_cri::v1 as cri;
+use crius::cri;
 use tonic::Code;
 
 use crate::harness::{Daemon, processes_mentioning};

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use k8s_cri::v1 as cri;
+use crius::cri;
 use tonic::Code;
 
 use crate::containers::{busybox, container_config, pod_ip, remove_all, run, sh, start_pod};

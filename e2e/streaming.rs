@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1 as cri;
+use crius::cri;
 
 use crate::containers::{Pod, busybox, container_config, remove_all, run, start_pod, status};
 use crate::harness::{Daemon, processes_mentioning, wait_gone, wait_running};

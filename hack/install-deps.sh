@@ -4,7 +4,6 @@
 set -euo pipefail
 
 packages=(
-    protobuf-compiler          # k8s-cri compiles the CRI proto at build time
     gcc libc6-dev pkg-config   # bundled SQLite and other C parts of crates
     containernetworking-plugins # bridge, host-local, loopback, portmap (in /usr/lib/cni)
     iproute2 iptables          # pod networking and port mappings
@@ -41,4 +40,4 @@ if ! command -v cargo >/dev/null; then
     echo "install-deps: cargo not found; crius needs a Rust toolchain (1.85 or newer, edition 2024)" >&2
     exit 1
 fi
-echo "install-deps: ok ($(cargo --version), $(protoc --version))"
+echo "install-deps: ok ($(cargo --version))"

@@ -7,6 +7,11 @@ pub mod clock;
 pub mod config;
 pub mod container;
 pub mod context;
+/// The CRI v1 API (proto/cri/api.proto, cri-api v0.36.3): messages, tonic clients and servers.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod cri {
+    include!(concat!(env!("OUT_DIR"), "/runtime.v1.rs"));
+}
 pub mod daemon;
 pub mod error;
 pub mod image;

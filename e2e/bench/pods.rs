@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1 as cri;
+use crius::cri;
 
 use harness::{Daemon, TestDir};
 use peer::{median, ms, p90, pids_of, pss_kib, rss_kib, timed_pull};

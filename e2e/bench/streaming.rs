@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1 as cri;
+use crius::cri;
 
 use harness::{Daemon, TestDir};
 use peer::{median, ms, timed_pull};

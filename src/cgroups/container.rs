@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::cri;
 use cgroups_rs::fs::{Cgroup, hierarchies};
-use k8s_cri::v1 as cri;
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
 
 use super::{CGROUP_ROOT, CgroupVersion, resources};

@@ -1,7 +1,7 @@
 //! CRI resources (LinuxContainerResources) as cgroup settings, for v1 and v2.
 
+use crate::cri;
 use cgroups_rs::fs::{HugePageResource, Resources};
-use k8s_cri::v1 as cri;
 
 use super::CgroupVersion;
 

@@ -5,9 +5,9 @@
 use std::path::{Component, Path};
 use std::time::{Duration, Instant};
 
+use crate::cri;
 use cgroups_rs::CgroupPid;
 use cgroups_rs::fs::{Cgroup, hierarchies};
-use k8s_cri::v1 as cri;
 
 use super::{CgroupVersion, resources};
 

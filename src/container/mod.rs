@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
@@ -885,6 +885,7 @@ impl Containers {
                 inodes_used: Some(cri::UInt64Value { value: inodes }),
             }),
             swap: None,
+            io: None,
         }
     }
 
@@ -903,6 +904,7 @@ impl Containers {
             timestamp: now,
             usage_core_nano_seconds: value(usage.cpu_ns),
             usage_nano_cores: value(nano_cores),
+            psi: None,
         };
         let available = match (usage.memory_limit, usage.working_set) {
             (Some(limit), Some(ws)) => Some(limit.saturating_sub(ws)),
@@ -916,6 +918,7 @@ impl Containers {
             rss_bytes: value(usage.rss),
             page_faults: value(usage.page_faults),
             major_page_faults: value(usage.major_page_faults),
+            psi: None,
         };
         (cpu, memory, usage.processes.unwrap_or(0))
     }

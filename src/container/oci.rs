@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 use oci_spec::runtime::{
     Capability, LinuxCapabilities, LinuxCpu, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType,
     LinuxHugepageLimit, LinuxMemory, LinuxNamespace, LinuxNamespaceType, LinuxResources,
@@ -219,11 +219,7 @@ pub fn build(input: &SpecInputs) -> Result<Spec, Invalid> {
             "no command given and the image has no Entrypoint or Cmd".into(),
         ));
     }
-    let env_pairs: Vec<(String, String)> = config
-        .envs
-        .iter()
-        .map(|kv| (kv.key.clone(), kv.value.clone()))
-        .collect();
+    let env_pairs = env_pairs(&config.envs)?;
     let env = spec::environment(input.image, &env_pairs);
     let cwd = [
         config.working_dir.as_str(),
@@ -574,6 +570,20 @@ pub fn host_devices() -> Vec<LinuxDevice> {
     let mut out = Vec::new();
     walk(Path::new("/dev"), &mut out);
     out
+}
+
+/// The request's environment as text: CRI carries values as bytes since v0.34, the OCI spec
+/// only as UTF-8 strings.
+fn env_pairs(envs: &[cri::KeyValue]) -> Result<Vec<(String, String)>, (String, String)> {
+    envs.iter()
+        .map(|kv| match std::str::from_utf8(&kv.value) {
+            Ok(value) => Ok((kv.key.clone(), value.to_string())),
+            Err(_) => Err((
+                format!("config.envs[{:?}]", kv.key),
+                "the value is not UTF-8".to_string(),
+            )),
+        })
+        .collect()
 }
 
 #[cfg(test)]

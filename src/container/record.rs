@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::ExitStatus;

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
+use crate::cri;
 use base64::Engine;
-use k8s_cri::v1 as cri;
 
 use super::registry::{basic, error_chain};
 

@@ -1,6 +1,6 @@
 //! The files every container of a pod sees: /etc/hostname, /etc/hosts and /etc/resolv.conf.
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 
 /// resolv.conf from the sandbox's DNS config; without one, the host's own file as it is.
 pub fn resolv_conf(dns: Option<&cri::DnsConfig>, host_resolv_conf: &str) -> String {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 
 use crate::agent;
 use crate::cgroups::{self, CgroupVersion};

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 use tonic::{Request, Response, Status};
 
 use crate::context::Context;
@@ -145,6 +145,21 @@ impl ImageApi {
 
 #[tonic::async_trait]
 impl cri::image_service_server::ImageService for ImageApi {
+    type StreamImagesStream = std::pin::Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = std::result::Result<cri::StreamImagesResponse, Status>>
+                + Send,
+        >,
+    >;
+
+    // Behind kubelet's CRIListStreaming gate (alpha); kubelet uses ListImages without it.
+    async fn stream_images(
+        &self,
+        _request: Request<cri::StreamImagesRequest>,
+    ) -> std::result::Result<Response<Self::StreamImagesStream>, Status> {
+        rpc::unimplemented("StreamImages").await
+    }
+
     async fn list_images(
         &self,
         request: Request<cri::ListImagesRequest>,

@@ -7,8 +7,8 @@ pub mod runtime;
 
 use std::sync::Arc;
 
-use k8s_cri::v1::image_service_server::ImageServiceServer;
-use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use crate::cri::image_service_server::ImageServiceServer;
+use crate::cri::runtime_service_server::RuntimeServiceServer;
 use tonic::transport::server::Router;
 
 use crate::context::Context;

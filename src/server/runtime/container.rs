@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 
 use crate::container::record::ContainerRecord;
 use crate::context::Context;
@@ -69,6 +69,8 @@ pub fn status_of(record: &ContainerRecord) -> cri::ContainerStatus {
             windows: None,
         }),
         user: None,
+        // RUNTIME_DEFAULT until stop signals are reported.
+        stop_signal: 0,
     }
 }
 

@@ -7,8 +7,8 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::cri;
 use futures_util::StreamExt;
-use k8s_cri::v1 as cri;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;

@@ -11,7 +11,7 @@ pub mod streaming;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -29,10 +29,17 @@ impl RuntimeApi {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
+/// The answer type of the list-streaming RPCs (CRIListStreaming, alpha in 1.36).
+type ListStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl cri::runtime_service_server::RuntimeService for RuntimeApi {
     type GetContainerEventsStream = EventStream;
+    type StreamPodSandboxesStream = ListStream<cri::StreamPodSandboxesResponse>;
+    type StreamContainersStream = ListStream<cri::StreamContainersResponse>;
+    type StreamContainerStatsStream = ListStream<cri::StreamContainerStatsResponse>;
+    type StreamPodSandboxStatsStream = ListStream<cri::StreamPodSandboxStatsResponse>;
+    type StreamPodSandboxMetricsStream = ListStream<cri::StreamPodSandboxMetricsResponse>;
 
     async fn version(
         &self,
@@ -334,6 +341,52 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         _request: Request<cri::CheckpointContainerRequest>,
     ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
         rpc::unimplemented("CheckpointContainer").await
+    }
+
+    // The list-streaming RPCs are behind kubelet's CRIListStreaming gate (alpha); without
+    // them kubelet uses the unary lists.
+    async fn stream_pod_sandboxes(
+        &self,
+        _request: Request<cri::StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        rpc::unimplemented("StreamPodSandboxes").await
+    }
+
+    async fn stream_containers(
+        &self,
+        _request: Request<cri::StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        rpc::unimplemented("StreamContainers").await
+    }
+
+    async fn stream_container_stats(
+        &self,
+        _request: Request<cri::StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        rpc::unimplemented("StreamContainerStats").await
+    }
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        _request: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        rpc::unimplemented("StreamPodSandboxStats").await
+    }
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _request: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        rpc::unimplemented("StreamPodSandboxMetrics").await
+    }
+
+    // Best effort for kubelet (a failure does not block a resize); kubelet has already
+    // written the pod-level cgroup.
+    async fn update_pod_sandbox_resources(
+        &self,
+        _request: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
+        rpc::unimplemented("UpdatePodSandboxResources").await
     }
 
     async fn get_container_events(

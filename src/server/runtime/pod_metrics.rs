@@ -2,7 +2,7 @@
 //! for when it takes pod and container metrics from the runtime. Values are integers, as the
 //! CRI carries them: CPU time in nanoseconds, sizes in bytes.
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 
 use crate::context::Context;
 use crate::error::Result;

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 
 use crate::context::Context;
 use crate::error::{Error, Result};

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 
 use crate::clock::now_ns;
 use crate::container::labels_match;
@@ -96,6 +96,7 @@ pub(super) async fn pod_stats(
                     timestamp: now,
                     usage_core_nano_seconds: value(cpu),
                     usage_nano_cores: nano.map(|value| cri::UInt64Value { value }),
+                    psi: None,
                 }),
                 memory: Some(cri::MemoryUsage {
                     timestamp: now,
@@ -105,8 +106,10 @@ pub(super) async fn pod_stats(
                     rss_bytes: value(rss),
                     page_faults: value(faults),
                     major_page_faults: value(major),
+                    psi: None,
                 }),
                 network: network.flatten(),
+                io: None,
                 process: Some(cri::ProcessUsage {
                     timestamp: now,
                     process_count: value(procs),

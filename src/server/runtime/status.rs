@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use k8s_cri::v1 as cri;
+use crate::cri;
 
 use crate::context::{Context, settings};
 use crate::error::{Error, Result};
@@ -76,6 +76,7 @@ pub fn status(ctx: &Context, verbose: bool) -> Result<cri::StatusResponse> {
         }],
         features: Some(cri::RuntimeFeatures {
             supplemental_groups_policy: false,
+            user_namespaces_host_network: false,
         }),
     })
 }

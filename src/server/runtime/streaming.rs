@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::cri;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use k8s_cri::v1 as cri;
 use tokio::sync::mpsc;
 
 use crate::container::streams::ExecOptions;
