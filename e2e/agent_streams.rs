@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crius::agent::client::{self, StreamedProcess};
-use crius::agent::proto::{Attach, ExecStream, ExecSync};
+use crius::agent::proto::{self, Attach, ExecStream, ExecSync};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::containers::{Pod, busybox, container_config, remove_all, run, start_pod};
@@ -135,11 +135,17 @@ async fn exec_streams_pipes_tty_exit_codes_and_clients_that_go() {
     let err = client::exec_stream(&socket, exec_request(&daemon, &id, &["no-such-program"]))
         .await
         .unwrap_err();
-    assert!(err.contains("executable file not found"), "{err}");
+    assert!(
+        err.to_string().contains("executable file not found"),
+        "{err}"
+    );
+    // Typed: the agent says what kind of failure it is.
+    assert_eq!(err.agent_kind(), Some(proto::ErrorKind::NotFound), "{err}");
     let err = client::exec_stream(&socket, exec_request(&daemon, "nope", &["true"]))
         .await
         .unwrap_err();
-    assert_eq!(err, "container nope is not running");
+    assert_eq!(err.to_string(), "container nope is not running in this pod");
+    assert_eq!(err.agent_kind(), Some(proto::ErrorKind::FailedPrecondition));
 
     // A tty made inside the container; TERM set; stderr merged.
     let mut request = exec_request(
@@ -254,7 +260,7 @@ async fn attach_fans_out_hands_over_stdin_and_drops_the_slow() {
     let err = client::attach(&socket, attach(&talker, false))
         .await
         .unwrap_err();
-    assert!(err.contains("is not running"), "{err}");
+    assert!(err.to_string().contains("is not running"), "{err}");
 
     // stdin_once: the first attacher's stdin is the container's; closing it is EOF there.
     let mut config = container_config("reader", &["sh", "-c", "cat; echo got-eof; exit 5"]);
@@ -329,7 +335,7 @@ async fn attach_fans_out_hands_over_stdin_and_drops_the_slow() {
         (out.len(), fast)
     });
     let err = slow.end.wait().await.unwrap_err();
-    assert_eq!(err, "attach: the client fell too far behind");
+    assert_eq!(err.to_string(), "attach: the client fell too far behind");
     let (len, fast) = reader.join().unwrap();
     assert_eq!(len, 3000000 + 1 + 4);
     drop(fast);

@@ -31,6 +31,8 @@ pub enum DaemonError {
     Images(crate::error::Error),
     #[error("pod sandboxes: {0}")]
     Sandboxes(crate::error::Error),
+    #[error("containers: {0}")]
+    Containers(crate::error::Error),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -83,13 +85,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         cgroups.version,
     )
     .map_err(DaemonError::Sandboxes)?;
-    let containers = Containers::new(
+    let containers = Containers::load(
         store.clone(),
         images.clone(),
         &config.root,
         &config.state,
         cgroups.version,
-    );
+    )
+    .map_err(DaemonError::Containers)?;
     let tls = match (&config.streaming.tls_cert, &config.streaming.tls_key) {
         (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
         _ => None,
@@ -112,10 +115,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     });
     ctx.streaming
         .serve(Arc::new(StreamBackend { ctx: ctx.clone() }));
-    let watching = ctx.clone();
-    tokio::spawn(async move {
-        watching.containers.watch_exits(&watching.sandboxes).await;
-    });
+    // Before serving: what the pod agents did while no daemon listened is recorded.
+    crate::container::watch::sync_all(&ctx)
+        .await
+        .map_err(DaemonError::Containers)?;
     if !ctx.config.metrics.address.is_empty() {
         let address = ctx.config.metrics.address.clone();
         let listener = tokio::net::TcpListener::bind(&address)
@@ -239,12 +242,7 @@ async fn metrics_snapshot(ctx: &Context) -> crate::metrics::Snapshot {
     for state in ["created", "running", "exited"] {
         snapshot.containers.insert(state, 0);
     }
-    for c in ctx
-        .containers
-        .list(&ctx.sandboxes)
-        .await
-        .unwrap_or_default()
-    {
+    for c in ctx.containers.list() {
         let state = match c.state {
             ContainerState::Created => "created",
             ContainerState::Running => "running",

@@ -30,6 +30,13 @@ pub enum Error {
     DataLoss(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A pod agent could not be reached, or answered with an error of its own (whose kind
+    /// decides the gRPC code).
+    #[error("{context}: {source}")]
+    Agent {
+        context: String,
+        source: crate::agent::client::CallError,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -49,6 +56,14 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Wraps a failed agent call with what was being done: `.map_err(agent_error("starting x"))`.
+pub fn agent_error(
+    context: impl Into<String>,
+) -> impl FnOnce(crate::agent::client::CallError) -> Error {
+    let context = context.into();
+    move |source| Error::Agent { context, source }
+}
 
 /// Wraps an I/O error with what was being done: `.map_err(io_error("creating x"))`.
 pub fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {

@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 
+use super::error::AgentError;
 use super::frame;
 use super::proto::Response;
 use crate::logs::Stream;
@@ -67,10 +68,10 @@ fn forward(pipe: &OwnedFd, data: &[u8]) -> Result<(), String> {
 
 /// A pipe for an attacher: (the client's read end, our write end unless `open` is false, when
 /// the stream already ended and the client just reads EOF). Both ends non-blocking.
-pub(super) fn attach_pipe(open: bool) -> Result<(OwnedFd, Option<OwnedFd>), String> {
+pub(super) fn attach_pipe(open: bool) -> Result<(OwnedFd, Option<OwnedFd>), AgentError> {
     let (read, write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-            .map_err(|e| format!("pipe: {e}"))?;
+            .map_err(AgentError::at("pipe"))?;
     // Room for bursts while the client catches up; the default size is kept if the host's
     // pipe-max-size does not allow this one.
     let _ = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(ATTACH_PIPE_SIZE));

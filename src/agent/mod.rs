@@ -7,6 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 mod attach;
 pub mod client;
+pub mod error;
 pub mod process;
 pub mod spawn;
 pub mod trim;
@@ -16,8 +17,11 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/crius.agent.v1.rs"));
 }
 
-/// Messages are small; a larger frame is a protocol error, not an allocation.
-pub const MAX_FRAME: usize = 1024 * 1024;
+/// The largest request the agent reads: an ExecSync command at the kernel's argument limit
+/// fits many times over; a larger frame is a protocol error, not an allocation.
+pub const MAX_REQUEST: usize = 16 * 1024 * 1024;
+/// The largest answer the daemon reads: an ExecSync's stdout and stderr, 16 MiB each at most.
+pub const MAX_ANSWER: usize = 48 * 1024 * 1024;
 
 pub fn frame(message: &impl prost::Message) -> Vec<u8> {
     let body = message.encode_to_vec();
@@ -38,6 +42,26 @@ pub struct ExitStatus {
     pub finished_at: i64,
     /// The container's cgroup saw an OOM kill.
     pub oom_killed: bool,
+}
+
+impl ExitStatus {
+    pub fn to_wire(self) -> proto::ExitInfo {
+        proto::ExitInfo {
+            exit_code: self.exit_code,
+            signal: self.signal,
+            finished_at: self.finished_at,
+            oom_killed: self.oom_killed,
+        }
+    }
+
+    pub fn from_wire(exit: &proto::ExitInfo) -> ExitStatus {
+        ExitStatus {
+            exit_code: exit.exit_code,
+            signal: exit.signal,
+            finished_at: exit.finished_at,
+            oom_killed: exit.oom_killed,
+        }
+    }
 }
 
 /// The stdio of a streamed process (ExecStream, Attach) as it travels from the agent to the

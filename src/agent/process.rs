@@ -17,9 +17,11 @@ use nix::unistd::Pid;
 use prost::Message;
 
 use super::attach::{Attacher, answer_nowait, attach_pipe, connection_closed, fan_out};
+use super::error::AgentError;
+use super::proto::{ContainerProcess, WatchEvent};
 use super::proto::{Request, Response, request};
 use super::spawn;
-use super::{ExitStatus, MAX_FRAME, StreamFds, frame, send_with_fds};
+use super::{ExitStatus, MAX_REQUEST, StreamFds, frame, send_with_fds};
 use crate::clock::now_ns;
 use crate::logs::{LogWriter, Stream};
 
@@ -42,7 +44,6 @@ const EXEC_OUTPUT_CAP: usize = 16 * 1024 * 1024;
 /// After an exec'd command exits, how long its output pipes may stay open (held by a
 /// background child) before the answer goes out anyway.
 const EXEC_DRAIN_GRACE: Duration = Duration::from_millis(200);
-const SHUTTING_DOWN: &str = "the pod agent is shutting down";
 
 /// A container this agent started.
 struct Container {
@@ -60,7 +61,26 @@ struct Container {
     /// With a tty: the master, for attachers' resizes.
     terminal: Option<OwnedFd>,
     attachers: Vec<Attacher>,
-    exited: bool,
+    /// Nanoseconds since the epoch.
+    started_at: i64,
+    /// Set once the process has been reaped.
+    exit: Option<ExitStatus>,
+}
+
+impl Container {
+    fn running(&self) -> bool {
+        self.exit.is_none()
+    }
+
+    /// The container as the daemon's watch sees it.
+    fn process(&self, id: &str) -> ContainerProcess {
+        ContainerProcess {
+            id: id.to_string(),
+            pid: self.pid.as_raw() as u32,
+            started_at: self.started_at,
+            exit: self.exit.map(|e| e.to_wire()),
+        }
+    }
 }
 
 /// A command the daemon streams (ExecStream): it holds the stdio, the connection waits for the
@@ -68,6 +88,12 @@ struct Container {
 struct StreamSession {
     token: u64,
     pid: Pid,
+    conn: UnixStream,
+}
+
+/// A daemon connection that receives the agent's events.
+struct Watcher {
+    token: u64,
     conn: UnixStream,
 }
 
@@ -93,6 +119,8 @@ struct Agent {
     containers: HashMap<String, Container>,
     execs: Vec<ExecSession>,
     streams: Vec<StreamSession>,
+    /// The daemon's Watch connections: every container start and exit is sent on each.
+    watchers: Vec<Watcher>,
     /// Names the connections in the poll set (indices move as sessions come and go).
     next_token: u64,
 }
@@ -127,7 +155,7 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
     let sigchld = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| format!("signalfd: {e}"))?;
     let pid_init = if args.pid_init {
-        Some(spawn::pid_init()?)
+        Some(spawn::pid_init().map_err(|e| e.to_string())?)
     } else {
         None
     };
@@ -144,6 +172,7 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
         containers: HashMap::new(),
         execs: Vec::new(),
         streams: Vec::new(),
+        watchers: Vec::new(),
         next_token: 0,
     };
     // Start-up code will not run again: keep only what the loop uses resident.
@@ -193,6 +222,7 @@ impl Agent {
                 .iter()
                 .map(|e| (e.token, &e.conn))
                 .chain(self.streams.iter().map(|s| (s.token, &s.conn)))
+                .chain(self.watchers.iter().map(|w| (w.token, &w.conn)))
                 .chain(
                     self.containers
                         .values()
@@ -317,16 +347,35 @@ impl Agent {
     }
 
     /// Answers one request; Ok(true) when it was Shutdown.
-    fn serve(&mut self, mut conn: UnixStream) -> Result<bool, String> {
-        let request = read_request(&mut conn)?;
+    fn serve(&mut self, mut conn: UnixStream) -> Result<bool, AgentError> {
+        let request = match read_request(&mut conn) {
+            Ok(request) => request,
+            Err(e) => {
+                let _ = conn.write_all(&frame(&e.to_response()));
+                return Err(e);
+            }
+        };
         let mut response = self.identity();
         let mut shutdown = false;
+        let fail = |response: &mut Response, e: AgentError| {
+            let error = e.to_response();
+            response.error = error.error;
+            response.error_kind = error.error_kind;
+            response.errno = error.errno;
+        };
         match request.kind {
             Some(request::Kind::Ping(_)) => {}
             Some(request::Kind::Shutdown(_)) => shutdown = true,
+            Some(request::Kind::Watch(_)) => {
+                self.add_watcher(conn);
+                return Ok(false);
+            }
             Some(request::Kind::Start(start)) => match self.start_container(start) {
-                Ok(pid) => response.container_pid = pid.as_raw() as u32,
-                Err(e) => response.error = e,
+                Ok((pid, started_at)) => {
+                    response.container_pid = pid.as_raw() as u32;
+                    response.started_at = started_at;
+                }
+                Err(e) => fail(&mut response, e),
             },
             Some(request::Kind::ExecStream(exec)) => {
                 // Answered inside, with descriptors; the session keeps the connection.
@@ -341,26 +390,63 @@ impl Agent {
                 // The session owns the connection and answers when the command is done.
                 Ok(()) => return Ok(false),
                 Err((e, conn_back)) => {
-                    response.error = e;
+                    fail(&mut response, e);
                     conn = conn_back;
                 }
             },
             Some(request::Kind::ReopenLog(r)) => match self.containers.get_mut(&r.id) {
-                Some(c) if !c.exited => {
+                Some(c) if c.running() => {
                     if let Err(e) = c.log.reopen() {
-                        response.error = format!("reopening the log of container {}: {e}", r.id);
+                        let context = format!("reopening the log of container {}", r.id);
+                        fail(&mut response, AgentError::at_io(context)(e));
                     }
                 }
-                _ => response.error = format!("container {} is not running", r.id),
+                _ => fail(&mut response, AgentError::NotRunning(r.id)),
             },
             Some(request::Kind::Forget(f)) => {
                 self.containers.remove(&f.id);
             }
-            None => response.error = "empty request".to_string(),
+            None => fail(
+                &mut response,
+                AgentError::Protocol("empty request".to_string()),
+            ),
         }
         conn.write_all(&frame(&response))
-            .map_err(|e| format!("answering: {e}"))?;
+            .map_err(AgentError::at_io("answering"))?;
         Ok(shutdown)
+    }
+
+    /// A Watch: the daemon gets every container as it is now, then every start and exit.
+    fn add_watcher(&mut self, mut conn: UnixStream) {
+        let snapshot = WatchEvent {
+            containers: self
+                .containers
+                .iter()
+                .map(|(id, c)| c.process(id))
+                .collect(),
+        };
+        // Blocking (with the accept timeout) for the snapshot, which may be large; events are
+        // small and go without waiting.
+        if let Err(e) = conn.write_all(&frame(&snapshot)) {
+            eprintln!("crius pod-agent: answering a watch: {e}");
+            return;
+        }
+        let _ = conn.set_nonblocking(true);
+        let token = self.token();
+        self.watchers.push(Watcher { token, conn });
+    }
+
+    /// Sends a container's start or exit to every watcher. A watcher that cannot take the
+    /// whole event at once is dropped: its daemon reconnects and gets the whole picture again.
+    fn notify(&mut self, id: &str) {
+        let Some(c) = self.containers.get(id) else {
+            return;
+        };
+        let event = frame(&WatchEvent {
+            containers: vec![c.process(id)],
+        });
+        self.watchers
+            .retain(|w| matches!((&w.conn).write(&event), Ok(n) if n == event.len()));
     }
 
     fn identity(&self) -> Response {
@@ -372,23 +458,29 @@ impl Agent {
         }
     }
 
-    fn start_container(&mut self, start: super::proto::StartContainer) -> Result<Pid, String> {
-        if self.containers.get(&start.id).is_some_and(|c| !c.exited) {
-            return Err(format!("container {} is already running", start.id));
+    /// Starts a container; its pid and start time. A container is started once.
+    fn start_container(
+        &mut self,
+        start: super::proto::StartContainer,
+    ) -> Result<(Pid, i64), AgentError> {
+        if self.containers.contains_key(&start.id) {
+            return Err(AgentError::AlreadyStarted(start.id));
         }
         let log = if start.log_path.is_empty() {
             LogWriter::disabled()
         } else {
-            LogWriter::open(std::path::Path::new(&start.log_path))
-                .map_err(|e| format!("opening the log {}: {e}", start.log_path))?
+            LogWriter::open(std::path::Path::new(&start.log_path)).map_err(AgentError::at_io(
+                format!("opening the log {}", start.log_path),
+            ))?
         };
         let started = spawn::container(&start)?;
+        let started_at = now_ns();
         let terminal = if start.tty {
             Some(
                 started
                     .stdout
                     .try_clone()
-                    .map_err(|e| format!("dup: {e}"))?,
+                    .map_err(AgentError::at_io("dup"))?,
             )
         } else {
             None
@@ -407,10 +499,12 @@ impl Agent {
                 stdin_once: start.stdin_once && !start.tty,
                 terminal,
                 attachers: Vec::new(),
-                exited: false,
+                started_at,
+                exit: None,
             },
         );
-        Ok(started.pid)
+        self.notify(&start.id);
+        Ok((started.pid, started_at))
     }
 
     fn token(&mut self) -> u64 {
@@ -424,10 +518,10 @@ impl Agent {
         &mut self,
         exec: super::proto::ExecStream,
         conn: UnixStream,
-    ) -> Result<(), String> {
-        let started = match self.containers.get(&exec.id).filter(|c| !c.exited) {
+    ) -> Result<(), AgentError> {
+        let started = match self.containers.get(&exec.id).filter(|c| c.running()) {
             Some(c) => spawn::exec_stream(c.pid, &exec),
-            None => Err(format!("container {} is not running", exec.id)),
+            None => Err(AgentError::NotRunning(exec.id.clone())),
         };
         let (pid, stdio) = match started {
             Ok(started) => started,
@@ -442,7 +536,7 @@ impl Agent {
         if let Err(e) = send_with_fds(&conn, &frame(&response), &fds) {
             // Nobody would see its output or its end.
             kill_session(pid);
-            return Err(format!("answering an exec stream: {e}"));
+            return Err(AgentError::at_io("answering an exec stream")(e));
         }
         // The daemon holds the stdio now; ours would keep its pipes from ever reaching EOF.
         drop(fds);
@@ -458,16 +552,16 @@ impl Agent {
         &mut self,
         attach: super::proto::Attach,
         conn: UnixStream,
-    ) -> Result<(), String> {
+    ) -> Result<(), AgentError> {
         let token = self.token();
-        let Some(c) = self.containers.get_mut(&attach.id).filter(|c| !c.exited) else {
-            return answer_error(conn, format!("container {} is not running", attach.id));
+        let Some(c) = self.containers.get_mut(&attach.id).filter(|c| c.running()) else {
+            return answer_error(conn, AgentError::NotRunning(attach.id));
         };
         let open = |stream: Stream| c.outputs.iter().any(|(_, s)| *s == stream);
         let tty = c.terminal.is_some();
         let mut client = StreamFds::default();
         let mut ours = (None, None);
-        let made = (|| -> Result<(), String> {
+        let made = (|| -> Result<(), AgentError> {
             if attach.stdout {
                 let (read, write) = attach_pipe(open(Stream::Stdout))?;
                 client.stdout = Some(read);
@@ -479,12 +573,12 @@ impl Agent {
                 ours.1 = write;
             }
             if let Some(terminal) = &c.terminal {
-                client.terminal = Some(terminal.try_clone().map_err(|e| format!("dup: {e}"))?);
+                client.terminal = Some(terminal.try_clone().map_err(AgentError::at_io("dup"))?);
             }
             Ok(())
         })();
         if let Err(error) = made {
-            return answer_error(conn, format!("attach: {error}"));
+            return answer_error(conn, error);
         }
         // Last, so nothing can fail after stdin was used up.
         let once = attach.stdin && c.stdin_once;
@@ -508,7 +602,7 @@ impl Agent {
             if once && let Some(at) = stdin_at {
                 c.stdin = Some(fds.swap_remove(at));
             }
-            return Err(format!("answering an attach: {e}"));
+            return Err(AgentError::at_io("answering an attach")(e));
         }
         drop(fds);
         let _ = conn.set_nonblocking(true);
@@ -544,6 +638,12 @@ impl Agent {
             }
             return;
         }
+        if let Some(i) = self.watchers.iter().position(|w| w.token == token) {
+            if hung_up(&self.watchers[i].conn) {
+                self.watchers.swap_remove(i);
+            }
+            return;
+        }
         for c in self.containers.values_mut() {
             if let Some(i) = c.attachers.iter().position(|a| a.token == token) {
                 if hung_up(&c.attachers[i].conn) {
@@ -558,9 +658,9 @@ impl Agent {
         &mut self,
         exec: super::proto::ExecSync,
         conn: UnixStream,
-    ) -> Result<(), (String, UnixStream)> {
-        let Some(container) = self.containers.get(&exec.id).filter(|c| !c.exited) else {
-            return Err((format!("container {} is not running", exec.id), conn));
+    ) -> Result<(), (AgentError, UnixStream)> {
+        let Some(container) = self.containers.get(&exec.id).filter(|c| c.running()) else {
+            return Err((AgentError::NotRunning(exec.id), conn));
         };
         match spawn::exec(container.pid, &exec) {
             Ok(started) => {
@@ -577,8 +677,10 @@ impl Agent {
                         .collect(),
                     stdout: vec![],
                     stderr: vec![],
+                    // A deadline too far to represent is no deadline.
                     deadline: (exec.timeout_ms > 0)
-                        .then(|| Instant::now() + Duration::from_millis(exec.timeout_ms)),
+                        .then(|| Instant::now().checked_add(Duration::from_millis(exec.timeout_ms)))
+                        .flatten(),
                     exit_code: None,
                     timed_out: false,
                     drain_until: None,
@@ -592,9 +694,10 @@ impl Agent {
     /// Reaps every exited child: containers get their exit recorded, exec sessions their code.
     fn reap(&mut self, buf: &mut [u8]) {
         while let Ok(Some(_)) = self.sigchld.read_signal() {}
+        let mut exited = Vec::new();
         loop {
             let status = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(status) => status,
             };
             let (pid, exit_code, signal) = match status {
@@ -602,10 +705,10 @@ impl Agent {
                 WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as i32, sig as i32),
                 _ => continue,
             };
-            if let Some(c) = self
+            if let Some((id, c)) = self
                 .containers
-                .values_mut()
-                .find(|c| c.pid == pid && !c.exited)
+                .iter_mut()
+                .find(|(_, c)| c.pid == pid && c.running())
             {
                 // Whatever the process wrote before it died belongs in the log before the
                 // exit is visible.
@@ -621,7 +724,8 @@ impl Agent {
                 if let Err(e) = write_exit_file(&c.exit_file, &exit) {
                     eprintln!("crius pod-agent: recording the exit of pid {pid}: {e}");
                 }
-                c.exited = true;
+                c.exit = Some(exit);
+                exited.push(id.clone());
                 // Their pipes close as they go: the output ends here for them.
                 for a in c.attachers.drain(..) {
                     answer_nowait(
@@ -645,6 +749,9 @@ impl Agent {
                     },
                 );
             }
+        }
+        for id in exited {
+            self.notify(&id);
         }
     }
 
@@ -687,13 +794,7 @@ impl Agent {
         // will not come.
         for s in self.streams.drain(..) {
             kill_session(s.pid);
-            answer_nowait(
-                &s.conn,
-                &Response {
-                    error: SHUTTING_DOWN.to_string(),
-                    ..Default::default()
-                },
-            );
+            answer_nowait(&s.conn, &AgentError::ShuttingDown.to_response());
         }
         for e in self.execs.drain(..) {
             if e.exit_code.is_none() {
@@ -702,16 +803,10 @@ impl Agent {
         }
         for c in self.containers.values_mut() {
             for a in c.attachers.drain(..) {
-                answer_nowait(
-                    &a.conn,
-                    &Response {
-                        error: SHUTTING_DOWN.to_string(),
-                        ..Default::default()
-                    },
-                );
+                answer_nowait(&a.conn, &AgentError::ShuttingDown.to_response());
             }
         }
-        for c in self.containers.values().filter(|c| !c.exited) {
+        for c in self.containers.values().filter(|c| c.running()) {
             let _ = nix::sys::signal::kill(c.pid, Signal::SIGKILL);
         }
         if let Some(init) = self.pid_init {
@@ -720,7 +815,7 @@ impl Agent {
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut buf = vec![0u8; 64 * 1024];
-        while self.containers.values().any(|c| !c.exited) && Instant::now() < deadline {
+        while self.containers.values().any(|c| c.running()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
             self.reap(&mut buf);
         }
@@ -739,18 +834,20 @@ impl Agent {
     }
 }
 
-fn read_request(conn: &mut UnixStream) -> Result<Request, String> {
+fn read_request(conn: &mut UnixStream) -> Result<Request, AgentError> {
     let mut len = [0u8; 4];
     conn.read_exact(&mut len)
-        .map_err(|e| format!("reading a request: {e}"))?;
+        .map_err(AgentError::at_io("reading a request"))?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(format!("request of {len} bytes refused"));
+    if len > MAX_REQUEST {
+        return Err(AgentError::Protocol(format!(
+            "a request of {len} bytes is over the limit of {MAX_REQUEST}"
+        )));
     }
     let mut body = vec![0u8; len];
     conn.read_exact(&mut body)
-        .map_err(|e| format!("reading a request: {e}"))?;
-    Request::decode(&body[..]).map_err(|e| format!("bad request: {e}"))
+        .map_err(AgentError::at_io("reading a request"))?;
+    Request::decode(&body[..]).map_err(|e| AgentError::Protocol(format!("bad request: {e}")))
 }
 
 /// Reads what is available on one output of a container into its log; false at EOF.
@@ -782,13 +879,9 @@ fn kill_session(pid: Pid) {
 }
 
 /// Answers a stream request that failed before it started: an error and no descriptors.
-fn answer_error(mut conn: UnixStream, error: String) -> Result<(), String> {
-    let response = Response {
-        error,
-        ..Default::default()
-    };
-    conn.write_all(&frame(&response))
-        .map_err(|e| format!("answering: {e}"))
+fn answer_error(mut conn: UnixStream, error: AgentError) -> Result<(), AgentError> {
+    conn.write_all(&frame(&error.to_response()))
+        .map_err(AgentError::at_io("answering"))
 }
 
 /// Reads what is available on one output of an exec session; false at EOF.

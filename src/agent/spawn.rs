@@ -11,7 +11,9 @@ use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
 use super::StreamFds;
+use super::error::AgentError;
 use super::proto::{ExecStream, ExecSync, StartContainer};
+use crate::linux::SetupError;
 use crate::linux::init::{self, ConsoleSocket, ContainerSetup, ExecTarget, Stdio};
 
 /// A started process and the agent's ends of its stdio.
@@ -23,24 +25,24 @@ pub struct Started {
     pub stdin: Option<OwnedFd>,
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
-    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
+fn pipe() -> Result<(OwnedFd, OwnedFd), AgentError> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(AgentError::at("pipe"))
 }
 
-fn nonblocking(fd: &OwnedFd) -> Result<(), String> {
-    fcntl(fd.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(|e| format!("fcntl: {e}"))?;
+fn nonblocking(fd: &OwnedFd) -> Result<(), AgentError> {
+    fcntl(fd.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(AgentError::at("fcntl"))?;
     Ok(())
 }
 
-fn dev_null() -> Result<OwnedFd, String> {
+fn dev_null() -> Result<OwnedFd, AgentError> {
     std::fs::File::open("/dev/null")
         .map(OwnedFd::from)
-        .map_err(|e| format!("/dev/null: {e}"))
+        .map_err(AgentError::at_io("/dev/null"))
 }
 
 /// fork(2) with namespace flags: clone without a new stack behaves as fork, the child
 /// continuing on a copy of this stack.
-fn fork_into(flags: CloneFlags) -> Result<Pid, String> {
+fn fork_into(flags: CloneFlags) -> Result<Pid, AgentError> {
     // SAFETY: the agent is single-threaded, so the child owns a consistent copy of every lock
     // and allocator state; with a null stack pointer the kernel gives the child a copy-on-write
     // copy of the caller's stack, exactly as fork does. No pointers are passed.
@@ -55,33 +57,48 @@ fn fork_into(flags: CloneFlags) -> Result<Pid, String> {
         )
     };
     match rc {
-        -1 => Err(format!("clone: {}", std::io::Error::last_os_error())),
+        -1 => Err(AgentError::at("clone")(nix::errno::Errno::last())),
         pid => Ok(Pid::from_raw(pid as i32)),
     }
 }
 
-/// In the child: report `message` to the agent and exit without running any destructor or
-/// atexit handler of the agent's.
-fn fail_child(error_pipe: &OwnedFd, message: &str) -> ! {
-    let _ = nix::unistd::write(error_pipe, message.as_bytes());
+/// In the child: report `error` to the agent (its errno as 4 bytes, little-endian, 0 for none,
+/// then the message) and exit without running any destructor or atexit handler of the agent's.
+fn fail_child(error_pipe: &OwnedFd, error: &SetupError) -> ! {
+    let errno = error.errno.map_or(0, |e| e as i32);
+    let mut report = errno.to_le_bytes().to_vec();
+    report.extend_from_slice(error.message.as_bytes());
+    let _ = nix::unistd::write(error_pipe, &report);
     // SAFETY: _exit ends the process immediately; nothing of the agent's state is touched.
     unsafe { libc::_exit(127) }
 }
 
 /// Waits for the child to exec (EOF) or to report why it could not.
-fn await_exec(pid: Pid, error_read: OwnedFd) -> Result<(), String> {
-    let mut message = String::new();
-    let _ = std::fs::File::from(error_read).read_to_string(&mut message);
-    if message.is_empty() {
+fn await_exec(pid: Pid, error_read: OwnedFd) -> Result<(), AgentError> {
+    let mut report = Vec::new();
+    let _ = std::fs::File::from(error_read).read_to_end(&mut report);
+    if report.is_empty() {
         return Ok(());
     }
     let _ = nix::sys::wait::waitpid(pid, None);
-    Err(message)
+    Err(AgentError::Setup(decode_child_error(&report)))
+}
+
+/// What `fail_child` wrote.
+fn decode_child_error(report: &[u8]) -> SetupError {
+    let (errno, message) = match report.split_first_chunk::<4>() {
+        Some((errno, message)) => (i32::from_le_bytes(*errno), message),
+        None => (0, report),
+    };
+    SetupError {
+        message: String::from_utf8_lossy(message).into_owned(),
+        errno: (errno != 0).then(|| nix::errno::Errno::from_raw(errno)),
+    }
 }
 
 /// PID 1 of the pod's PID namespace: reaps whatever is reparented to it, for as long as the
 /// pod lives, and dies with the agent.
-pub fn pid_init() -> Result<Pid, String> {
+pub fn pid_init() -> Result<Pid, AgentError> {
     match fork_into(CloneFlags::empty())? {
         pid if pid.as_raw() == 0 => {
             // SAFETY: prctl with integer arguments only.
@@ -97,7 +114,7 @@ pub fn pid_init() -> Result<Pid, String> {
 }
 
 /// Starts a container's first process from its bundle.
-pub fn container(start: &StartContainer) -> Result<Started, String> {
+pub fn container(start: &StartContainer) -> Result<Started, AgentError> {
     let (stdin_child, stdin_keep) = if start.stdin {
         let (r, w) = pipe()?;
         (r, Some(w))
@@ -121,11 +138,11 @@ pub fn container(start: &StartContainer) -> Result<Started, String> {
     // otherwise go into the pod's namespace, step back to ours for this clone.
     let restore = if start.new_pid_ns {
         let children = std::fs::File::open("/proc/self/ns/pid_for_children")
-            .map_err(|e| format!("opening our pid namespace: {e}"))?;
+            .map_err(AgentError::at_io("opening our pid namespace"))?;
         let own = std::fs::File::open("/proc/self/ns/pid")
-            .map_err(|e| format!("opening our pid namespace: {e}"))?;
+            .map_err(AgentError::at_io("opening our pid namespace"))?;
         nix::sched::setns(&own, CloneFlags::CLONE_NEWPID)
-            .map_err(|e| format!("entering our own pid namespace: {e}"))?;
+            .map_err(AgentError::at("entering our own pid namespace"))?;
         Some(children)
     } else {
         None
@@ -153,8 +170,8 @@ pub fn container(start: &StartContainer) -> Result<Started, String> {
             tty: false,
         };
         let console = console.map(|(_, theirs)| ConsoleSocket(theirs));
-        let Err(message) = init::container(&setup, stdio, console);
-        fail_child(&error_write, &message);
+        let Err(error) = init::container(&setup, stdio, console);
+        fail_child(&error_write, &error);
     }
     drop((error_write, child_out, child_err, stdin_child));
     let out = match (out, console) {
@@ -166,14 +183,14 @@ pub fn container(start: &StartContainer) -> Result<Started, String> {
         (None, None) => None,
     };
     await_exec(pid, error_read)?;
-    let out = out.ok_or_else(|| "the container sent no terminal".to_string())?;
+    let out = out.ok_or_else(|| AgentError::Protocol("the container sent no terminal".into()))?;
     nonblocking(&out)?;
     if let Some(e) = &err {
         nonblocking(e)?;
     }
     // With a tty, the master is the way in as well.
     let stdin = match (start.tty, stdin_keep) {
-        (true, _) if start.stdin => Some(out.try_clone().map_err(|e| format!("dup: {e}"))?),
+        (true, _) if start.stdin => Some(out.try_clone().map_err(AgentError::at_io("dup"))?),
         (_, keep) => keep,
     };
     Ok(Started {
@@ -184,15 +201,15 @@ pub fn container(start: &StartContainer) -> Result<Started, String> {
     })
 }
 
-fn open_ns(pid: Pid, kind: &str) -> Result<OwnedFd, String> {
+fn open_ns(pid: Pid, kind: &str) -> Result<OwnedFd, AgentError> {
     let path = format!("/proc/{pid}/ns/{kind}");
     std::fs::File::open(&path)
         .map(OwnedFd::from)
-        .map_err(|e| format!("opening {path}: {e}"))
+        .map_err(AgentError::at_io(format!("opening {path}")))
 }
 
 /// Starts `exec.cmd` inside the running container whose first process is `container`.
-pub fn exec(container: Pid, exec: &ExecSync) -> Result<Started, String> {
+pub fn exec(container: Pid, exec: &ExecSync) -> Result<Started, AgentError> {
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let stdio = Stdio {
@@ -219,7 +236,7 @@ pub fn exec(container: Pid, exec: &ExecSync) -> Result<Started, String> {
 
 /// Starts `exec.cmd` inside the running container for the daemon to stream: answers its pid
 /// and the descriptors that go to the daemon (all non-blocking).
-pub fn exec_stream(container: Pid, exec: &ExecStream) -> Result<(Pid, StreamFds), String> {
+pub fn exec_stream(container: Pid, exec: &ExecStream) -> Result<(Pid, StreamFds), AgentError> {
     let command = Command {
         bundle: &exec.bundle,
         cmd: &exec.cmd,
@@ -234,11 +251,12 @@ pub fn exec_stream(container: Pid, exec: &ExecStream) -> Result<(Pid, StreamFds)
             tty: false,
         };
         let (pid, master) = exec_in(container, &command, stdio, true)?;
-        let master = master.ok_or_else(|| "the command sent no terminal".to_string())?;
+        let master =
+            master.ok_or_else(|| AgentError::Protocol("the command sent no terminal".into()))?;
         nonblocking(&master)?;
-        let dup = |wanted: bool| -> Result<Option<OwnedFd>, String> {
+        let dup = |wanted: bool| -> Result<Option<OwnedFd>, AgentError> {
             wanted
-                .then(|| master.try_clone().map_err(|e| format!("dup: {e}")))
+                .then(|| master.try_clone().map_err(AgentError::at_io("dup")))
                 .transpose()
         };
         let fds = StreamFds {
@@ -262,7 +280,7 @@ pub fn exec_stream(container: Pid, exec: &ExecStream) -> Result<(Pid, StreamFds)
     } else {
         (dev_null()?, None)
     };
-    let output = |wanted: bool| -> Result<(OwnedFd, Option<OwnedFd>), String> {
+    let output = |wanted: bool| -> Result<(OwnedFd, Option<OwnedFd>), AgentError> {
         if wanted {
             let (r, w) = pipe()?;
             Ok((w, Some(r)))
@@ -311,20 +329,20 @@ fn exec_in(
     command: &Command,
     stdio: Stdio,
     tty: bool,
-) -> Result<(Pid, Option<OwnedFd>), String> {
+) -> Result<(Pid, Option<OwnedFd>), AgentError> {
     if command.cmd.is_empty() {
-        return Err("no command to run".to_string());
+        return Err(AgentError::Protocol("no command to run".into()));
     }
     let mnt = open_ns(container, "mnt")?;
     let cgroup_ns = open_ns(container, "cgroup").ok();
     let target_pid_ns = open_ns(container, "pid")?;
     let own_pid_ns = std::fs::File::open("/proc/self/ns/pid_for_children")
-        .map_err(|e| format!("opening our pid namespace: {e}"))?;
+        .map_err(AgentError::at_io("opening our pid namespace"))?;
     let console = if tty { Some(console_pair()?) } else { None };
     let (error_read, error_write) = pipe()?;
     // Our children go into the container's PID namespace until we switch back after fork.
     nix::sched::setns(&target_pid_ns, CloneFlags::CLONE_NEWPID)
-        .map_err(|e| format!("joining the container's pid namespace: {e}"))?;
+        .map_err(AgentError::at("joining the container's pid namespace"))?;
     let forked = fork_into(CloneFlags::empty());
     if let Ok(pid) = &forked
         && pid.as_raw() == 0
@@ -338,8 +356,8 @@ fn exec_in(
             args: command.cmd,
             console: console.map(|(_, theirs)| ConsoleSocket(theirs)),
         };
-        let Err(message) = init::exec(target, stdio);
-        fail_child(&error_write, &message);
+        let Err(error) = init::exec(target, stdio);
+        fail_child(&error_write, &error);
     }
     let restored = nix::sched::setns(&own_pid_ns, CloneFlags::CLONE_NEWPID);
     let pid = forked?;
@@ -359,14 +377,14 @@ fn exec_in(
 }
 
 /// A socket pair over which a child sends the terminal it made: (ours, the child's).
-fn console_pair() -> Result<(OwnedFd, OwnedFd), String> {
+fn console_pair() -> Result<(OwnedFd, OwnedFd), AgentError> {
     nix::sys::socket::socketpair(
         nix::sys::socket::AddressFamily::Unix,
         nix::sys::socket::SockType::Stream,
         None,
         nix::sys::socket::SockFlag::SOCK_CLOEXEC,
     )
-    .map_err(|e| format!("socketpair: {e}"))
+    .map_err(AgentError::at("socketpair"))
 }
 
 /// The terminal master a container's first process sends over `socket`; None if it exited

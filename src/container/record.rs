@@ -16,6 +16,15 @@ pub enum ContainerState {
 }
 
 impl ContainerState {
+    /// As messages name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ContainerState::Created => "created",
+            ContainerState::Running => "running",
+            ContainerState::Exited => "exited",
+        }
+    }
+
     pub fn cri(self) -> cri::ContainerState {
         match self {
             ContainerState::Created => cri::ContainerState::ContainerCreated,

@@ -12,11 +12,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::Containers;
-use super::record::ContainerState;
 use crate::agent::client::{StreamEnd, StreamedProcess};
 use crate::agent::{self, proto};
 use crate::cgroups;
-use crate::error::{Error, Result};
+use crate::error::agent_error;
 use crate::sandbox::Sandboxes;
 use crate::streaming::channels::{ExecIo, ExitReport};
 use crate::streaming::session::{TerminalSize, exec_failure_message};
@@ -38,24 +37,6 @@ pub struct ExecOptions {
 }
 
 impl Containers {
-    /// The checks Exec and Attach make before handing out a URL, and again once the client
-    /// connects: the container exists and runs.
-    pub async fn require_running(
-        &self,
-        sandboxes: &Sandboxes,
-        id: &str,
-    ) -> Result<super::record::ContainerRecord> {
-        let record = self.require(id, sandboxes).await?;
-        if record.state != ContainerState::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} is not running (it is {})",
-                record.id,
-                record.state.cri().as_str_name()
-            )));
-        }
-        Ok(record)
-    }
-
     /// Runs `options.cmd` in the container, serving its stdio over `io` until it exits or the
     /// client leaves.
     pub async fn exec_streaming(
@@ -66,7 +47,7 @@ impl Containers {
         io: ExecIo,
     ) {
         let started = async {
-            let record = self.require_running(sandboxes, id).await?;
+            let record = self.require_running(id)?;
             let request = proto::ExecStream {
                 id: record.id.clone(),
                 bundle: self.bundle(&record.id).to_string_lossy().into_owned(),
@@ -80,7 +61,7 @@ impl Containers {
             let socket = sandboxes.agent_socket(&record.sandbox_id);
             agent::client::exec_stream(&socket, request)
                 .await
-                .map_err(|e| Error::Internal(format!("exec in container {}: {e}", record.id)))
+                .map_err(agent_error(format!("exec in container {}", record.id)))
         };
         let process = match started.await {
             Ok(process) => process,
@@ -115,7 +96,7 @@ impl Containers {
         io: ExecIo,
     ) {
         let started = async {
-            let record = self.require_running(sandboxes, id).await?;
+            let record = self.require_running(id)?;
             // The container's own terminal setting decides what its stdio is.
             let has_tty = record.config.tty;
             let request = proto::Attach {
@@ -130,7 +111,7 @@ impl Containers {
             let socket = sandboxes.agent_socket(&record.sandbox_id);
             agent::client::attach(&socket, request)
                 .await
-                .map_err(|e| Error::Internal(format!("attach to container {}: {e}", record.id)))
+                .map_err(agent_error(format!("attach to container {}", record.id)))
         };
         let process = match started.await {
             Ok(process) => process,
@@ -218,7 +199,7 @@ async fn serve(
 }
 
 async fn wait_end(end: StreamEnd) -> std::result::Result<agent::proto::Response, String> {
-    end.wait().await
+    end.wait().await.map_err(|e| e.to_string())
 }
 
 fn register(fd: OwnedFd) -> Option<AsyncFd<OwnedFd>> {

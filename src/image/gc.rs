@@ -83,7 +83,9 @@ impl Images {
     /// Removes snapshots and blobs that no image uses. Waits for pulls in progress.
     pub async fn collect_garbage(&self) -> Result<()> {
         let _exclusive = self.gc_lock.write().await;
-        let mut used_snapshots = HashSet::new();
+        // Until the rows are deleted: no create may lease a layer this collection removes.
+        let gate = self.leases.gate.lock().await;
+        let mut used_snapshots: HashSet<String> = self.leases.leased().into_iter().collect();
         let mut used_blobs = HashSet::new();
         for (_, json) in self.store.list_records(Table::Images)? {
             let record = parse_record(&json)?;
@@ -123,6 +125,7 @@ impl Images {
                 Ok((snapshots, blobs))
             })
             .await?;
+        drop(gate);
         if snapshots.is_empty() && blobs.is_empty() {
             return Ok(());
         }

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod content;
 pub mod digest;
 pub mod gc;
+pub mod lease;
 pub mod manifest;
 pub mod pull;
 pub mod reference;
@@ -87,6 +88,8 @@ pub struct Images {
     /// Pulls hold it shared for their whole run; garbage collection takes it exclusively, so it
     /// never removes a snapshot a pull in progress counts on.
     pub(crate) gc_lock: tokio::sync::RwLock<()>,
+    /// Layers that CreateContainer calls in flight have resolved.
+    pub(crate) leases: lease::Leases,
 }
 
 impl Images {
@@ -109,6 +112,7 @@ impl Images {
             pulls: Mutex::new(HashMap::new()),
             layer_locks: Mutex::new(HashMap::new()),
             gc_lock: tokio::sync::RwLock::new(()),
+            leases: lease::Leases::default(),
         });
         images.recover().await?;
         Ok(images)

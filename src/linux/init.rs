@@ -9,6 +9,7 @@ use std::path::Path;
 use nix::sched::CloneFlags;
 use oci_spec::runtime::Spec;
 
+use super::SetupError;
 use super::rootfs::{self, Overlay};
 use super::security;
 
@@ -38,7 +39,7 @@ pub fn container(
     setup: &ContainerSetup,
     stdio: Stdio,
     console: Option<ConsoleSocket>,
-) -> Result<Infallible, String> {
+) -> Result<Infallible, SetupError> {
     reset_signals();
     attach_stdio(stdio)?;
     die_with_parent()?;
@@ -82,7 +83,7 @@ pub fn container(
 
 /// A new terminal from the container's /dev/ptmx: its master goes to the agent, its slave
 /// becomes stdin, stdout, stderr and the controlling terminal.
-fn open_terminal(console: ConsoleSocket) -> Result<(), String> {
+fn open_terminal(console: ConsoleSocket) -> Result<(), SetupError> {
     use nix::fcntl::OFlag;
     let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(|e| format!("opening /dev/ptmx: {e}"))?;
@@ -111,7 +112,7 @@ fn open_terminal(console: ConsoleSocket) -> Result<(), String> {
     }
     // SAFETY: TIOCSCTTY takes an integer argument; fd 0 is the open terminal.
     if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
-        return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
+        return Err(SetupError::io("TIOCSCTTY", std::io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -130,7 +131,7 @@ pub struct ExecTarget<'a> {
 /// Becomes a command in a running container: its mount and cgroup namespaces (the PID one was
 /// chosen by the agent before fork), its cgroup, and the container's user, capabilities and
 /// seccomp profile.
-pub fn exec(target: ExecTarget, stdio: Stdio) -> Result<Infallible, String> {
+pub fn exec(target: ExecTarget, stdio: Stdio) -> Result<Infallible, SetupError> {
     reset_signals();
     attach_stdio(stdio)?;
     die_with_parent()?;
@@ -164,9 +165,9 @@ pub fn exec(target: ExecTarget, stdio: Stdio) -> Result<Infallible, String> {
     security::finish_and_exec(&process, target.args, seccomp.as_ref())
 }
 
-fn load_spec(bundle: &Path) -> Result<Spec, String> {
+fn load_spec(bundle: &Path) -> Result<Spec, SetupError> {
     let path = bundle.join("config.json");
-    Spec::load(&path).map_err(|e| format!("reading {}: {e}", path.display()))
+    Spec::load(&path).map_err(|e| format!("reading {}: {e}", path.display()).into())
 }
 
 /// The agent blocks SIGCHLD and the Rust runtime ignores SIGPIPE; both would survive execve.
@@ -185,12 +186,12 @@ fn reset_signals() {
 }
 
 /// A new session; the tty (if any) as the controlling terminal; stdio on 0, 1 and 2.
-fn attach_stdio(stdio: Stdio) -> Result<(), String> {
+fn attach_stdio(stdio: Stdio) -> Result<(), SetupError> {
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     if stdio.tty {
         // SAFETY: TIOCSCTTY takes an integer argument; the fd is an open terminal.
         if unsafe { libc::ioctl(stdio.stdout.as_raw_fd(), libc::TIOCSCTTY, 0) } != 0 {
-            return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
+            return Err(SetupError::io("TIOCSCTTY", std::io::Error::last_os_error()));
         }
     }
     for (fd, target) in [
@@ -211,7 +212,7 @@ fn attach_stdio(stdio: Stdio) -> Result<(), String> {
     Ok(())
 }
 
-fn dup_onto(fd: RawFd, target: RawFd) -> Result<(), String> {
+fn dup_onto(fd: RawFd, target: RawFd) -> Result<(), SetupError> {
     if fd == target {
         // dup2 onto itself would leave close-on-exec set.
         // SAFETY: fcntl on an open fd with integer arguments.
@@ -220,25 +221,25 @@ fn dup_onto(fd: RawFd, target: RawFd) -> Result<(), String> {
     }
     // SAFETY: dup2 of two descriptor numbers; `fd` is open, `target` is replaced atomically.
     if unsafe { libc::dup2(fd, target) } < 0 {
-        return Err(format!("dup2: {}", std::io::Error::last_os_error()));
+        return Err(SetupError::io("dup2", std::io::Error::last_os_error()));
     }
     Ok(())
 }
 
 /// If the agent dies, its containers go with it rather than run on unwatched.
-fn die_with_parent() -> Result<(), String> {
+fn die_with_parent() -> Result<(), SetupError> {
     // SAFETY: prctl with PR_SET_PDEATHSIG takes integers only.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
-        return Err(format!(
-            "PR_SET_PDEATHSIG: {}",
-            std::io::Error::last_os_error()
+        return Err(SetupError::io(
+            "PR_SET_PDEATHSIG",
+            std::io::Error::last_os_error(),
         ));
     }
     Ok(())
 }
 
 /// Writing 0 to cgroup.procs moves the writer itself (v1 and v2).
-fn join_cgroup(procs_files: &[String]) -> Result<(), String> {
+fn join_cgroup(procs_files: &[String]) -> Result<(), SetupError> {
     for file in procs_files {
         std::fs::write(file, "0").map_err(|e| format!("joining {file}: {e}"))?;
     }

@@ -1,6 +1,7 @@
 //! Paths inside a container's root resolved the way the container will see them: symlinks in
 //! the image are followed within the root, never out of it.
 
+use super::SetupError;
 use std::path::{Component, Path, PathBuf};
 
 /// Symlinks followed before giving up (as the kernel's own limit for path walks).
@@ -8,7 +9,7 @@ const MAX_LINKS: usize = 40;
 
 /// `unsafe_path` (absolute or not) joined under `root`, each symlink met on the way resolved as
 /// if `root` were `/`. The result is always under `root`; its tail need not exist.
-pub fn secure_join(root: &Path, unsafe_path: &Path) -> Result<PathBuf, String> {
+pub fn secure_join(root: &Path, unsafe_path: &Path) -> Result<PathBuf, SetupError> {
     let mut pending: Vec<std::ffi::OsString> = components(unsafe_path);
     pending.reverse();
     let mut resolved: Vec<std::ffi::OsString> = Vec::new();
@@ -26,7 +27,8 @@ pub fn secure_join(root: &Path, unsafe_path: &Path) -> Result<PathBuf, String> {
                     return Err(format!(
                         "{}: too many levels of symbolic links",
                         unsafe_path.display()
-                    ));
+                    )
+                    .into());
                 }
                 let target = std::fs::read_link(&candidate)
                     .map_err(|e| format!("reading link {}: {e}", candidate.display()))?;

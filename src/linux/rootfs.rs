@@ -8,10 +8,11 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
 
+use super::SetupError;
 use super::path::secure_join;
 
-fn err(what: impl std::fmt::Display) -> impl FnOnce(nix::errno::Errno) -> String {
-    move |e| format!("{what}: {e}")
+fn err(what: impl std::fmt::Display) -> impl FnOnce(nix::errno::Errno) -> SetupError {
+    SetupError::at(what)
 }
 
 /// What to mount the overlay from.
@@ -24,7 +25,7 @@ pub struct Overlay<'a> {
 
 /// Builds the root under `rootfs` and pivots into it. Runs in the container's new mount
 /// namespace; nothing done here is visible on the host.
-pub fn prepare(spec: &Spec, rootfs: &Path, overlay: &Overlay) -> Result<(), String> {
+pub fn prepare(spec: &Spec, rootfs: &Path, overlay: &Overlay) -> Result<(), SetupError> {
     // The host's mounts reach us; ours reach the host only through volumes that ask for it
     // (rshared), and those need the copies of the host's mounts to stay in their peer groups.
     let linux = spec.linux().clone().unwrap_or_default();
@@ -144,7 +145,7 @@ pub fn parse_options(options: &[String]) -> (MsFlags, MsFlags, String) {
     (flags, propagation, data.join(","))
 }
 
-fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), String> {
+fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), SetupError> {
     let options = m.options().clone().unwrap_or_default();
     let (flags, propagation, data) = parse_options(&options);
     let typ = m.typ().clone().unwrap_or_default();
@@ -208,7 +209,7 @@ fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), String> {
 
 /// /sys/fs/cgroup as the container sees it: its own cgroup as the root (the process is in a new
 /// cgroup namespace by now). v2 is one mount; v1 is a tmpfs holding one mount per hierarchy.
-fn mount_cgroups(target: &Path, flags: MsFlags) -> Result<(), String> {
+fn mount_cgroups(target: &Path, flags: MsFlags) -> Result<(), SetupError> {
     let flags = flags | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut v1 = Vec::new();
@@ -281,7 +282,7 @@ fn mount_cgroups(target: &Path, flags: MsFlags) -> Result<(), String> {
     Ok(())
 }
 
-fn create_device(rootfs: &Path, device: &LinuxDevice) -> Result<(), String> {
+fn create_device(rootfs: &Path, device: &LinuxDevice) -> Result<(), SetupError> {
     let target = secure_join(rootfs, device.path())?;
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent)
@@ -330,7 +331,7 @@ fn dev_symlinks(rootfs: &Path) {
 }
 
 /// Hides a path: an empty read-only tmpfs over a directory, /dev/null over a file.
-fn mask(rootfs: &Path, path: &str) -> Result<(), String> {
+fn mask(rootfs: &Path, path: &str) -> Result<(), SetupError> {
     let target = secure_join(rootfs, Path::new(path))?;
     let Ok(meta) = std::fs::metadata(&target) else {
         return Ok(());
@@ -355,7 +356,7 @@ fn mask(rootfs: &Path, path: &str) -> Result<(), String> {
     result.map_err(err(format!("masking {path}")))
 }
 
-fn make_readonly(rootfs: &Path, path: &str) -> Result<(), String> {
+fn make_readonly(rootfs: &Path, path: &str) -> Result<(), SetupError> {
     let target = secure_join(rootfs, Path::new(path))?;
     if !target.exists() {
         return Ok(());
@@ -379,11 +380,11 @@ fn make_readonly(rootfs: &Path, path: &str) -> Result<(), String> {
 }
 
 /// pivot_root with the old root stacked under the new one, then detached.
-fn pivot(rootfs: &Path) -> Result<(), String> {
+fn pivot(rootfs: &Path) -> Result<(), SetupError> {
     std::env::set_current_dir(rootfs).map_err(|e| format!("entering {}: {e}", rootfs.display()))?;
     nix::unistd::pivot_root(".", ".").map_err(err("pivot_root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(err("detaching the old root"))?;
-    std::env::set_current_dir("/").map_err(|e| format!("entering /: {e}"))
+    std::env::set_current_dir("/").map_err(SetupError::at_io("entering /"))
 }
 
 #[cfg(test)]

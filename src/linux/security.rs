@@ -8,12 +8,13 @@ use std::path::Path;
 use caps::{CapSet, Capability, CapsHashSet};
 use oci_spec::runtime::{Capabilities, LinuxSeccomp, PosixRlimitType, Process};
 
+use super::SetupError;
 use super::seccomp;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Applies the process's rlimits to this process.
-pub fn set_rlimits(process: &Process) -> Result<(), String> {
+pub fn set_rlimits(process: &Process) -> Result<(), SetupError> {
     for limit in process.rlimits().iter().flatten() {
         let resource = match limit.typ() {
             PosixRlimitType::RlimitCpu => libc::RLIMIT_CPU,
@@ -39,24 +40,23 @@ pub fn set_rlimits(process: &Process) -> Result<(), String> {
         };
         // SAFETY: setrlimit reads the struct, which lives across the call.
         if unsafe { libc::setrlimit(resource, &value) } != 0 {
-            return Err(format!(
-                "setting {:?}: {}",
-                limit.typ(),
-                std::io::Error::last_os_error()
+            return Err(SetupError::io(
+                format!("setting {:?}", limit.typ()),
+                std::io::Error::last_os_error(),
             ));
         }
     }
     Ok(())
 }
 
-fn cap_set(caps: &Option<Capabilities>) -> Result<CapsHashSet, String> {
+fn cap_set(caps: &Option<Capabilities>) -> Result<CapsHashSet, SetupError> {
     caps.iter()
         .flatten()
         .map(|c| {
             // The spec's names lack the CAP_ prefix that the kernel's names have.
             format!("CAP_{c}")
                 .parse::<Capability>()
-                .map_err(|e| format!("capability {c}: {e}"))
+                .map_err(|e| SetupError::from(format!("capability {c}: {e}")))
         })
         .collect()
 }
@@ -67,7 +67,7 @@ pub fn finish_and_exec(
     process: &Process,
     args: &[String],
     profile: Option<&LinuxSeccomp>,
-) -> Result<Infallible, String> {
+) -> Result<Infallible, SetupError> {
     let program = args
         .first()
         .ok_or_else(|| "no command to run".to_string())?;
@@ -107,9 +107,9 @@ pub fn finish_and_exec(
     let user = process.user();
     // SAFETY: prctl with PR_SET_KEEPCAPS takes integers only.
     if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
-        return Err(format!(
-            "PR_SET_KEEPCAPS: {}",
-            std::io::Error::last_os_error()
+        return Err(SetupError::io(
+            "PR_SET_KEEPCAPS",
+            std::io::Error::last_os_error(),
         ));
     }
     let groups: Vec<nix::unistd::Gid> = user
@@ -140,9 +140,9 @@ pub fn finish_and_exec(
     if no_new_privs {
         // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes integers only.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-            return Err(format!(
-                "PR_SET_NO_NEW_PRIVS: {}",
-                std::io::Error::last_os_error()
+            return Err(SetupError::io(
+                "PR_SET_NO_NEW_PRIVS",
+                std::io::Error::last_os_error(),
             ));
         }
         if let Some(filter) = &filter {
@@ -150,20 +150,25 @@ pub fn finish_and_exec(
         }
     }
     let cwd = process.cwd();
-    std::env::set_current_dir(cwd)
-        .map_err(|e| format!("changing to the working dir {}: {e}", cwd.display()))?;
+    std::env::set_current_dir(cwd).map_err(SetupError::at_io(format!(
+        "changing to the working dir {}",
+        cwd.display()
+    )))?;
     match nix::unistd::execve(&c_path, &c_args, &c_env) {
-        Err(e) => Err(format!("exec {:?}: {e}", path.display())),
+        Err(e) => Err(SetupError::os(format!("exec {:?}", path.display()), e)),
     }
 }
 
-fn cstring(bytes: &[u8]) -> Result<CString, String> {
-    CString::new(bytes).map_err(|_| "an argument or variable contains a NUL byte".to_string())
+fn cstring(bytes: &[u8]) -> Result<CString, SetupError> {
+    CString::new(bytes).map_err(|_| SetupError {
+        message: "an argument or variable contains a NUL byte".to_string(),
+        errno: Some(nix::errno::Errno::EINVAL),
+    })
 }
 
 /// `program` as execvp finds it: a path when it has a slash, else the first executable file
 /// of that name in the container's PATH.
-fn find_executable(program: &str, env: &[String]) -> Result<std::path::PathBuf, String> {
+fn find_executable(program: &str, env: &[String]) -> Result<std::path::PathBuf, SetupError> {
     if program.contains('/') {
         return Ok(program.into());
     }
@@ -178,9 +183,10 @@ fn find_executable(program: &str, env: &[String]) -> Result<std::path::PathBuf, 
             return Ok(candidate);
         }
     }
-    Err(format!(
-        "exec: {program:?}: executable file not found in $PATH"
-    ))
+    Err(SetupError {
+        message: format!("exec: {program:?}: executable file not found in $PATH"),
+        errno: Some(nix::errno::Errno::ENOENT),
+    })
 }
 
 fn is_executable(path: &Path) -> bool {

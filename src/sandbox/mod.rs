@@ -39,7 +39,16 @@ pub struct Sandboxes {
     /// Name reservation, and the creation and removal of parent cgroups, happen under it: two
     /// pods never share a name, and a parent is never removed while a pod moves into it.
     create_lock: Arc<tokio::sync::Mutex<()>>,
+    /// One lock per pod: StopPodSandbox and RemovePodSandbox hold it exclusively, creating and
+    /// starting a container in the pod hold it shared, so nothing is made or started in a pod
+    /// that is being torn down.
+    pod_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
 }
+
+/// A pod's lock, held shared.
+pub type PodShared = tokio::sync::OwnedRwLockReadGuard<()>;
+/// A pod's lock, held exclusively.
+pub type PodExclusive = tokio::sync::OwnedRwLockWriteGuard<()>;
 
 pub fn new_id() -> Result<String> {
     let mut bytes = [0u8; 32];
@@ -69,7 +78,35 @@ impl Sandboxes {
             cni,
             exe,
             create_lock: Arc::new(tokio::sync::Mutex::new(())),
+            pod_locks: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    fn pod_lock(&self, id: &str) -> Arc<tokio::sync::RwLock<()>> {
+        self.pod_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Holds the pod as it is (shared with others who only use it).
+    pub async fn lock_shared(&self, id: &str) -> PodShared {
+        self.pod_lock(id).read_owned().await
+    }
+
+    /// Holds the pod for a change of its state (Stop, Remove).
+    pub async fn lock_exclusive(&self, id: &str) -> PodExclusive {
+        self.pod_lock(id).write_owned().await
+    }
+
+    /// Drops a removed pod's lock (those holding or waiting keep their handle).
+    pub fn forget_lock(&self, id: &str) {
+        self.pod_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 
     pub fn pod_dir(&self, id: &str) -> PathBuf {
@@ -209,10 +246,21 @@ impl Sandboxes {
             Ok(()) => Ok(record.id),
             Err(e) => {
                 tracing::info!(pod_id = %record.id, error = %e, "pod set-up failed; undoing it");
-                if let Err(undo) = self.tear_down(&mut record).await {
-                    tracing::error!(pod_id = %record.id, error = %undo, "undoing a failed pod left debris");
+                match self.tear_down(&mut record).await {
+                    Ok(()) => {
+                        self.store
+                            .delete_record(Table::Sandboxes, &record.id)
+                            .await?;
+                    }
+                    Err(undo) => {
+                        // What could not be undone stays listed (NOTREADY), with what is left
+                        // of it recorded, so StopPodSandbox and RemovePodSandbox can finish.
+                        tracing::error!(pod_id = %record.id, error = %undo,
+                            "undoing a failed pod left debris; the pod stays listed, not ready");
+                        record.state = SandboxState::NotReady;
+                        self.save(&record).await?;
+                    }
                 }
-                let _ = self.store.delete_record(Table::Sandboxes, &record.id).await;
                 Err(e)
             }
         }
@@ -569,10 +617,18 @@ impl Sandboxes {
         record.pid_init = None;
     }
 
-    /// Undoes everything a pod made: network, agent, pins, /dev/shm, its directories.
+    /// Undoes everything a pod made: network, agent, pins, /dev/shm, its directories. Every
+    /// step is tried even when one fails (the record says what is left, for a later try); the
+    /// first failure is returned.
     async fn tear_down(&self, record: &mut SandboxRecord) -> Result<()> {
-        self.detach_network(record).await?;
+        let network = self.detach_network(record).await;
         self.stop_agent(record).await;
+        let cgroup = self.remove_cgroup(record).await;
+        let files = self.remove_pod_files(record);
+        network.and(cgroup).and(files)
+    }
+
+    async fn remove_cgroup(&self, record: &mut SandboxRecord) -> Result<()> {
         if let Some(cgroup) = record.cgroup.clone() {
             tokio::task::block_in_place(|| cgroups::sandbox::remove(&cgroup))
                 .map_err(Error::Internal)?;
@@ -580,6 +636,11 @@ impl Sandboxes {
             self.release_parent_cgroups(&record.cgroup_parent().unwrap_or_default())
                 .await?;
         }
+        Ok(())
+    }
+
+    /// The namespace pins, /dev/shm, the agent's socket and the pod's directory.
+    fn remove_pod_files(&self, record: &mut SandboxRecord) -> Result<()> {
         let dir = self.pod_dir(&record.id);
         let mut targets = vec![self.netns_pin(&record.id)];
         targets.extend([dir.join("ns/ipc"), dir.join("ns/uts"), dir.join("shm")]);
@@ -655,7 +716,11 @@ impl Sandboxes {
         let Some(mut record) = self.get(id)? else {
             return Ok(());
         };
-        self.tear_down(&mut record).await?;
+        if let Err(e) = self.tear_down(&mut record).await {
+            // What was removed stays removed; a later RemovePodSandbox tries the rest.
+            self.save(&record).await?;
+            return Err(e);
+        }
         self.store
             .delete_record(Table::Sandboxes, &record.id)
             .await?;

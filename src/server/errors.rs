@@ -2,6 +2,8 @@
 
 use tonic::{Code, Status};
 
+use crate::agent::client::CallError;
+use crate::agent::proto::ErrorKind;
 use crate::error::Error;
 
 impl From<Error> for Status {
@@ -18,9 +20,27 @@ impl From<Error> for Status {
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::DataLoss(_) => Code::DataLoss,
+            Error::Agent { source, .. } => agent_code(source),
             Error::Store(_) | Error::Io { .. } | Error::Internal(_) => Code::Internal,
         };
         Status::new(code, err.to_string())
+    }
+}
+
+/// An agent that is gone or stuck is unavailable (the call may be retried); an error the agent
+/// answered has the code of its kind.
+fn agent_code(error: &CallError) -> Code {
+    match error {
+        CallError::Connect { .. } | CallError::Io(_) | CallError::Timeout(_) => Code::Unavailable,
+        CallError::Protocol(_) => Code::Internal,
+        CallError::Agent { kind, .. } => match kind {
+            ErrorKind::InvalidArgument => Code::InvalidArgument,
+            ErrorKind::NotFound => Code::NotFound,
+            ErrorKind::PermissionDenied => Code::PermissionDenied,
+            ErrorKind::FailedPrecondition | ErrorKind::AlreadyStarted => Code::FailedPrecondition,
+            ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+            ErrorKind::Internal | ErrorKind::Unspecified => Code::Internal,
+        },
     }
 }
 
@@ -43,6 +63,23 @@ mod tests {
         .into();
         assert_eq!(s.code(), Code::Unimplemented);
         assert!(s.message().contains("RunPodSandbox"));
+        let s: Status = Error::Agent {
+            context: "starting container c1".into(),
+            source: CallError::Agent {
+                kind: ErrorKind::NotFound,
+                errno: libc::ENOENT,
+                message: "exec: \"nope\": executable file not found in $PATH".into(),
+            },
+        }
+        .into();
+        assert_eq!(s.code(), Code::NotFound);
+        assert!(s.message().starts_with("starting container c1: exec"));
+        let s: Status = Error::Agent {
+            context: "exec in c1".into(),
+            source: CallError::Timeout(std::time::Duration::from_secs(5)),
+        }
+        .into();
+        assert_eq!(s.code(), Code::Unavailable);
         let s: Status = Error::invalid("runtime_config.network_config.pod_cidr", "bad").into();
         assert_eq!(s.code(), Code::InvalidArgument);
         assert!(s.message().contains("pod_cidr"));

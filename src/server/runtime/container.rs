@@ -17,21 +17,35 @@ pub async fn create(
     let config = req
         .config
         .ok_or_else(|| Error::invalid("config", "missing"))?;
+    let pod_id = ctx
+        .sandboxes
+        .get(&req.pod_sandbox_id)?
+        .map_or(req.pod_sandbox_id.clone(), |p| p.id);
+    let _pod = ctx.sandboxes.lock_shared(&pod_id).await;
     let id = ctx
         .containers
-        .create(&ctx.sandboxes, &req.pod_sandbox_id, config)
+        .create(&ctx.sandboxes, &pod_id, config)
         .await?;
     Ok(cri::CreateContainerResponse { container_id: id })
 }
 
 pub async fn start(ctx: &Context, id: &str) -> Result<cri::StartContainerResponse> {
-    ctx.containers.start(&ctx.sandboxes, id).await?;
+    let record = ctx.containers.get(id).ok_or_else(|| Error::NotFound {
+        kind: "container",
+        id: id.to_string(),
+    })?;
+    let _pod = ctx.sandboxes.lock_shared(&record.sandbox_id).await;
+    ctx.containers.start(&ctx.sandboxes, &record.id).await?;
     Ok(cri::StartContainerResponse {})
 }
 
+/// Any timeout a client sends (up to i64::MAX seconds) is taken; negative is none.
+pub fn timeout_secs(timeout: i64) -> Duration {
+    Duration::from_secs(u64::try_from(timeout).unwrap_or(0))
+}
+
 pub async fn stop(ctx: &Context, id: &str, timeout: i64) -> Result<cri::StopContainerResponse> {
-    let timeout = Duration::from_secs(timeout.max(0) as u64);
-    ctx.containers.stop(&ctx.sandboxes, id, timeout).await?;
+    ctx.containers.stop(id, timeout_secs(timeout)).await?;
     Ok(cri::StopContainerResponse {})
 }
 
@@ -80,8 +94,7 @@ pub async fn status(
 ) -> Result<cri::ContainerStatusResponse> {
     let record = ctx
         .containers
-        .get(&req.container_id, &ctx.sandboxes)
-        .await?
+        .get(&req.container_id)
         .ok_or_else(|| Error::NotFound {
             kind: "container",
             id: req.container_id.clone(),
@@ -113,13 +126,7 @@ pub async fn list(
     let filter = req.filter.unwrap_or_default();
     let containers = ctx
         .containers
-        .list_matching(
-            &ctx.sandboxes,
-            &filter.id,
-            &filter.pod_sandbox_id,
-            &filter.label_selector,
-        )
-        .await?
+        .list_matching(&filter.id, &filter.pod_sandbox_id, &filter.label_selector)
         .into_iter()
         .filter(|r| filter.state.is_none_or(|s| s.state == r.state.cri() as i32))
         .map(|r| cri::Container {
@@ -139,7 +146,7 @@ pub async fn list(
 }
 
 pub async fn exec_sync(ctx: &Context, req: cri::ExecSyncRequest) -> Result<cri::ExecSyncResponse> {
-    let timeout = Duration::from_secs(req.timeout.max(0) as u64);
+    let timeout = timeout_secs(req.timeout);
     let (stdout, stderr, exit_code) = ctx
         .containers
         .exec_sync(&ctx.sandboxes, &req.container_id, req.cmd, timeout)
@@ -161,7 +168,7 @@ pub async fn update_resources(
     req: cri::UpdateContainerResourcesRequest,
 ) -> Result<cri::UpdateContainerResourcesResponse> {
     ctx.containers
-        .update_resources(&ctx.sandboxes, &req.container_id, req.linux)
+        .update_resources(&req.container_id, req.linux)
         .await?;
     Ok(cri::UpdateContainerResourcesResponse {})
 }

@@ -130,7 +130,7 @@ fn metric(
 
 pub async fn list(ctx: &Context) -> Result<cri::ListPodSandboxMetricsResponse> {
     let mut pod_metrics = Vec::new();
-    let records = ctx.containers.list(&ctx.sandboxes).await?;
+    let records = ctx.containers.list();
     for pod in ctx.sandboxes.list()? {
         let stats = super::stats::pod_stats(ctx, &pod, &records).await?;
         let meta = pod.metadata();

@@ -1,6 +1,7 @@
 //! RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::cri;
 
@@ -17,42 +18,49 @@ fn state(record: &SandboxRecord) -> i32 {
 }
 
 pub async fn run(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     req: cri::RunPodSandboxRequest,
 ) -> Result<cri::RunPodSandboxResponse> {
     let config = req
         .config
         .ok_or_else(|| Error::invalid("config", "missing"))?;
     let id = ctx.sandboxes.run(config, req.runtime_handler).await?;
+    // From now on the agent's news of its containers is followed.
+    crate::container::watch::spawn(ctx.clone(), id.clone(), None);
     Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
 }
 
 pub async fn stop(ctx: &Context, id: &str) -> Result<cri::StopPodSandboxResponse> {
-    if let Some(pod) = ctx.sandboxes.get(id)? {
-        // Killing the containers and CNI DEL do not depend on each other.
-        let (containers, network) = tokio::join!(
-            ctx.containers.stop_all_in(&ctx.sandboxes, &pod.id),
-            ctx.sandboxes.detach_network_of(&pod.id)
-        );
-        containers?;
-        network?;
-    }
-    ctx.sandboxes.stop(id).await?;
+    let Some(pod) = ctx.sandboxes.get(id)? else {
+        return Ok(cri::StopPodSandboxResponse {});
+    };
+    let _pod = ctx.sandboxes.lock_exclusive(&pod.id).await;
+    // Killing the containers and CNI DEL do not depend on each other.
+    let (containers, network) = tokio::join!(
+        ctx.containers.stop_all_in(&pod.id),
+        ctx.sandboxes.detach_network_of(&pod.id)
+    );
+    containers?;
+    network?;
+    ctx.sandboxes.stop(&pod.id).await?;
     Ok(cri::StopPodSandboxResponse {})
 }
 
 pub async fn remove(ctx: &Context, id: &str) -> Result<cri::RemovePodSandboxResponse> {
-    if let Some(pod) = ctx.sandboxes.get(id)? {
-        let remove_containers = async {
-            ctx.containers.stop_all_in(&ctx.sandboxes, &pod.id).await?;
-            ctx.containers.remove_all_in(&ctx.sandboxes, &pod.id).await
-        };
-        let (containers, network) =
-            tokio::join!(remove_containers, ctx.sandboxes.detach_network_of(&pod.id));
-        containers?;
-        network?;
-    }
-    ctx.sandboxes.remove(id).await?;
+    let Some(pod) = ctx.sandboxes.get(id)? else {
+        return Ok(cri::RemovePodSandboxResponse {});
+    };
+    let _pod = ctx.sandboxes.lock_exclusive(&pod.id).await;
+    let remove_containers = async {
+        ctx.containers.stop_all_in(&pod.id).await?;
+        ctx.containers.remove_all_in(&ctx.sandboxes, &pod.id).await
+    };
+    let (containers, network) =
+        tokio::join!(remove_containers, ctx.sandboxes.detach_network_of(&pod.id));
+    containers?;
+    network?;
+    ctx.sandboxes.remove(&pod.id).await?;
+    ctx.sandboxes.forget_lock(&pod.id);
     Ok(cri::RemovePodSandboxResponse {})
 }
 
@@ -104,8 +112,7 @@ pub async fn status(
         info,
         containers_statuses: ctx
             .containers
-            .list(&ctx.sandboxes)
-            .await?
+            .list()
             .iter()
             .filter(|c| c.sandbox_id == record.id)
             .map(super::container::status_of)

@@ -13,14 +13,10 @@ use crate::error::{Error, Result};
 use crate::sandbox::record::SandboxRecord;
 
 pub async fn container(ctx: &Context, id: &str) -> Result<cri::ContainerStatsResponse> {
-    let record = ctx
-        .containers
-        .get(id, &ctx.sandboxes)
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            kind: "container",
-            id: id.to_string(),
-        })?;
+    let record = ctx.containers.get(id).ok_or_else(|| Error::NotFound {
+        kind: "container",
+        id: id.to_string(),
+    })?;
     let stats = tokio::task::block_in_place(|| ctx.containers.stats(&record));
     Ok(cri::ContainerStatsResponse { stats: Some(stats) })
 }
@@ -30,15 +26,9 @@ pub async fn list_containers(
     req: cri::ListContainerStatsRequest,
 ) -> Result<cri::ListContainerStatsResponse> {
     let filter = req.filter.unwrap_or_default();
-    let records = ctx
-        .containers
-        .list_matching(
-            &ctx.sandboxes,
-            &filter.id,
-            &filter.pod_sandbox_id,
-            &filter.label_selector,
-        )
-        .await?;
+    let records =
+        ctx.containers
+            .list_matching(&filter.id, &filter.pod_sandbox_id, &filter.label_selector);
     let stats =
         tokio::task::block_in_place(|| records.iter().map(|r| ctx.containers.stats(r)).collect());
     Ok(cri::ListContainerStatsResponse { stats })
@@ -183,7 +173,7 @@ pub async fn pod(ctx: &Context, id: &str) -> Result<cri::PodSandboxStatsResponse
         kind: "pod sandbox",
         id: id.to_string(),
     })?;
-    let containers = ctx.containers.list(&ctx.sandboxes).await?;
+    let containers = ctx.containers.list();
     Ok(cri::PodSandboxStatsResponse {
         stats: Some(pod_stats(ctx, &pod, &containers).await?),
     })
@@ -195,7 +185,7 @@ pub async fn list_pods(
 ) -> Result<cri::ListPodSandboxStatsResponse> {
     let filter = req.filter.unwrap_or_default();
     // One pass over the containers for all pods: kubelet polls this for every pod at once.
-    let containers = ctx.containers.list(&ctx.sandboxes).await?;
+    let containers = ctx.containers.list();
     let mut stats = Vec::new();
     for pod in ctx.sandboxes.list()? {
         if (filter.id.is_empty() || pod.id.starts_with(&filter.id))

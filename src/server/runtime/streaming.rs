@@ -23,9 +23,7 @@ pub async fn exec(ctx: &Context, req: cri::ExecRequest) -> Result<cri::ExecRespo
         ));
     }
     check_stdio(req.tty, req.stdin, req.stdout, req.stderr)?;
-    ctx.containers
-        .require_running(&ctx.sandboxes, &req.container_id)
-        .await?;
+    ctx.containers.require_running(&req.container_id)?;
     let url = issue(
         ctx,
         StreamRequest::Exec {
@@ -42,9 +40,7 @@ pub async fn exec(ctx: &Context, req: cri::ExecRequest) -> Result<cri::ExecRespo
 
 pub async fn attach(ctx: &Context, req: cri::AttachRequest) -> Result<cri::AttachResponse> {
     check_stdio(req.tty, req.stdin, req.stdout, req.stderr)?;
-    ctx.containers
-        .require_running(&ctx.sandboxes, &req.container_id)
-        .await?;
+    ctx.containers.require_running(&req.container_id)?;
     let url = issue(
         ctx,
         StreamRequest::Attach {
