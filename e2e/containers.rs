@@ -92,7 +92,7 @@ fn security(config: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecuri
         .get_or_insert_with(Default::default)
 }
 
-async fn create(
+pub async fn create(
     daemon: &Daemon,
     pod: &Pod,
     config: cri::ContainerConfig,
@@ -110,7 +110,7 @@ async fn create(
         .map(|r| r.into_inner().container_id)
 }
 
-async fn start(daemon: &Daemon, id: &str) -> Result<(), tonic::Status> {
+pub async fn start(daemon: &Daemon, id: &str) -> Result<(), tonic::Status> {
     daemon
         .runtime()
         .await
@@ -144,17 +144,17 @@ pub async fn status(
         .map(|r| r.into_inner())
 }
 
-async fn state(daemon: &Daemon, id: &str) -> cri::ContainerStatus {
+pub async fn state(daemon: &Daemon, id: &str) -> cri::ContainerStatus {
     status(daemon, id).await.unwrap().status.unwrap()
 }
 
-async fn pid_of(daemon: &Daemon, id: &str) -> i32 {
+pub async fn pid_of(daemon: &Daemon, id: &str) -> i32 {
     let info: serde_json::Value =
         serde_json::from_str(&status(daemon, id).await.unwrap().info["info"]).unwrap();
     info["pid"].as_i64().expect("container pid") as i32
 }
 
-async fn stop(daemon: &Daemon, id: &str, timeout: i64) -> Result<(), tonic::Status> {
+pub async fn stop(daemon: &Daemon, id: &str, timeout: i64) -> Result<(), tonic::Status> {
     daemon
         .runtime()
         .await
@@ -167,7 +167,7 @@ async fn stop(daemon: &Daemon, id: &str, timeout: i64) -> Result<(), tonic::Stat
         .map(|_| ())
 }
 
-async fn remove(daemon: &Daemon, id: &str) -> Result<(), tonic::Status> {
+pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), tonic::Status> {
     daemon
         .runtime()
         .await
@@ -179,7 +179,7 @@ async fn remove(daemon: &Daemon, id: &str) -> Result<(), tonic::Status> {
         .map(|_| ())
 }
 
-async fn exec(
+pub async fn exec(
     daemon: &Daemon,
     id: &str,
     cmd: &[&str],
@@ -204,7 +204,7 @@ pub async fn sh(daemon: &Daemon, id: &str, line: &str) -> (String, i32) {
     (String::from_utf8_lossy(&r.stdout).into_owned(), r.exit_code)
 }
 
-async fn wait_exited(daemon: &Daemon, id: &str, within: Duration) -> cri::ContainerStatus {
+pub async fn wait_exited(daemon: &Daemon, id: &str, within: Duration) -> cri::ContainerStatus {
     let deadline = Instant::now() + within;
     loop {
         let s = state(daemon, id).await;

@@ -19,6 +19,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub const CRIUS: &str = env!("CARGO_BIN_EXE_crius");
 /// Where Debian's containernetworking-plugins live.
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
+/// Kubelet's gRPC message limit for the CRI (pkg/kubelet/cri/remote: maxMsgSize).
+pub const KUBELET_MAX_MESSAGE: usize = 16 * 1024 * 1024;
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -83,6 +85,16 @@ impl TestDir {
 
     /// Writes a config file pointing everything into this dir, plus `extra` TOML.
     pub fn write_config(&self, name: &str, extra: &str) -> PathBuf {
+        self.write_config_with_cni_bins(name, extra, &[Path::new(CNI_BIN_DIR)])
+    }
+
+    /// `write_config`, with CNI plugins looked up in `bin_dirs` (in order).
+    pub fn write_config_with_cni_bins(
+        &self,
+        name: &str,
+        extra: &str,
+        bin_dirs: &[&Path],
+    ) -> PathBuf {
         let path = self.path().join(name);
         // Tests wait at most 5 s for a stop unless they set their own bound.
         let shutdown = if extra.contains("shutdown_timeout_secs") {
@@ -92,12 +104,16 @@ impl TestDir {
         };
         let text = format!(
             "root = {root:?}\nstate = {state:?}\nlisten = {sock:?}\n{shutdown}{extra}\n\
-             [cni]\nconf_dir = {conf:?}\nbin_dirs = [{bin:?}]\n",
+             [cni]\nconf_dir = {conf:?}\nbin_dirs = [{bins}]\n",
             root = self.root(),
             state = self.state(),
             sock = self.socket(),
             conf = self.cni_conf_dir(),
-            bin = CNI_BIN_DIR,
+            bins = bin_dirs
+                .iter()
+                .map(|d| format!("{d:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
         fs::write(&path, text).unwrap();
         path
@@ -280,12 +296,17 @@ impl Daemon {
         connect(&self.socket()).await
     }
 
+    /// A RuntimeService client as kubelet makes one: messages up to 16 MiB both ways.
     pub async fn runtime(&self) -> Result<RuntimeServiceClient<Channel>, tonic::transport::Error> {
-        Ok(RuntimeServiceClient::new(self.channel().await?))
+        Ok(RuntimeServiceClient::new(self.channel().await?)
+            .max_decoding_message_size(KUBELET_MAX_MESSAGE)
+            .max_encoding_message_size(KUBELET_MAX_MESSAGE))
     }
 
     pub async fn image(&self) -> Result<ImageServiceClient<Channel>, tonic::transport::Error> {
-        Ok(ImageServiceClient::new(self.channel().await?))
+        Ok(ImageServiceClient::new(self.channel().await?)
+            .max_decoding_message_size(KUBELET_MAX_MESSAGE)
+            .max_encoding_message_size(KUBELET_MAX_MESSAGE))
     }
 
     /// Sends `signal` and waits for the daemon to exit.

@@ -57,7 +57,7 @@ pub async fn run_pod(
         .map(|r| r.into_inner().pod_sandbox_id)
 }
 
-async fn pod_status(
+pub async fn pod_status(
     daemon: &Daemon,
     id: &str,
 ) -> Result<cri::PodSandboxStatusResponse, tonic::Status> {
@@ -73,7 +73,10 @@ async fn pod_status(
         .map(|r| r.into_inner())
 }
 
-async fn list_pods(daemon: &Daemon, filter: Option<cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
+pub async fn list_pods(
+    daemon: &Daemon,
+    filter: Option<cri::PodSandboxFilter>,
+) -> Vec<cri::PodSandbox> {
     daemon
         .runtime()
         .await

@@ -39,8 +39,10 @@ pub struct AgentArgs {
     pub pid_init: bool,
 }
 
-/// ExecSync output beyond this is dropped, so a chatty probe cannot exhaust the agent.
-const EXEC_OUTPUT_CAP: usize = 16 * 1024 * 1024;
+/// ExecSync output (stdout and stderr together) beyond this is dropped: the answer must fit
+/// in the 16 MiB gRPC message kubelet accepts, with room for the rest of the message; and a
+/// chatty probe cannot exhaust the agent.
+pub const EXEC_OUTPUT_CAP: usize = 16 * 1024 * 1024 - 4096;
 /// After an exec'd command exits, how long its output pipes may stay open (held by a
 /// background child) before the answer goes out anyway.
 const EXEC_DRAIN_GRACE: Duration = Duration::from_millis(200);
@@ -889,15 +891,16 @@ fn pump_exec(e: &mut ExecSession, oi: usize, buf: &mut [u8]) -> bool {
     let Some((fd, stream)) = e.outputs.get(oi) else {
         return true;
     };
-    let target = match stream {
-        Stream::Stdout => &mut e.stdout,
-        Stream::Stderr => &mut e.stderr,
-    };
+    let stream = *stream;
     loop {
         match nix::unistd::read(fd.as_fd(), buf) {
             Ok(0) => return false,
             Ok(n) => {
-                let room = EXEC_OUTPUT_CAP.saturating_sub(target.len());
+                let room = EXEC_OUTPUT_CAP.saturating_sub(e.stdout.len() + e.stderr.len());
+                let target = match stream {
+                    Stream::Stdout => &mut e.stdout,
+                    Stream::Stderr => &mut e.stderr,
+                };
                 target.extend_from_slice(&buf[..n.min(room)]);
             }
             Err(nix::errno::Errno::EAGAIN) => return true,
