@@ -84,7 +84,7 @@ pub fn container_config(name: &str, command: &[&str]) -> cri::ContainerConfig {
     }
 }
 
-fn security(config: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
+pub fn security(config: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
     config
         .linux
         .get_or_insert_with(Default::default)
@@ -179,7 +179,7 @@ async fn remove(daemon: &Daemon, id: &str) -> Result<(), tonic::Status> {
         .map(|_| ())
 }
 
-async fn exec(
+pub async fn exec(
     daemon: &Daemon,
     id: &str,
     cmd: &[&str],

@@ -10,6 +10,7 @@ mod events;
 mod images;
 mod runtime_info;
 mod sandbox;
+mod seccomp;
 mod stats;
 mod stream_client;
 mod streaming;
