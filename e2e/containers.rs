@@ -84,7 +84,7 @@ pub fn container_config(name: &str, command: &[&str]) -> cri::ContainerConfig {
     }
 }
 
-fn security(config: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
+pub fn security(config: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
     config
         .linux
         .get_or_insert_with(Default::default)

@@ -11,6 +11,7 @@ mod images;
 mod lifecycle;
 mod runtime_info;
 mod sandbox;
+mod seccomp;
 mod stats;
 mod stream_client;
 mod streaming;

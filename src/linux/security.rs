@@ -90,7 +90,10 @@ pub fn finish_and_exec(
     let inheritable = cap_set(caps.inheritable())?;
     let ambient = cap_set(caps.ambient())?;
     let no_new_privs = process.no_new_privileges().unwrap_or(false);
-    let filter = profile.map(seccomp::compile).transpose()?;
+    let filter = profile
+        .map(seccomp::compile)
+        .transpose()
+        .map_err(|e| e.to_string())?;
     // Without no_new_privs only a privileged process may install a filter: do it while still
     // root with every capability (the filter allows the calls that follow, as the default does).
     if !no_new_privs && let Some(filter) = &filter {
