@@ -524,7 +524,7 @@ impl Containers {
         tokio::task::block_in_place(|| {
             cgroups::container::create(version, &cgroup, limits.as_ref(), &rules)
         })
-        .map_err(|e| Error::invalid("config.linux.resources", e))
+        .map_err(|e| e.into_error("config.linux.resources"))
     }
 
     /// StartContainer: the agent starts the process; its pid is recorded. A start that fails
@@ -843,14 +843,16 @@ impl Containers {
         tokio::task::block_in_place(|| {
             cgroups::container::update(version, &cgroup, &wanted, old.as_ref())
         })
-        .map_err(|e| {
-            Error::invalid(
-                "linux",
+        .map_err(|e| e.into_error("linux"))
+        .map_err(|e| match e {
+            Error::InvalidArgument { field, reason } => Error::invalid(
+                field,
                 format!(
-                    "container {}: the kernel refused the change: {e}",
+                    "container {}: the kernel refused the change: {reason}",
                     record.id
                 ),
-            )
+            ),
+            other => other,
         })?;
         record
             .config
