@@ -716,7 +716,27 @@ fn generate_linux_container_resources(
     r.oom_score_adj =
         container_oom_score_adjust(pod.qos, c.memory_request, kubelet.memory_capacity);
     r.hugepage_limits = hugepage_limits(kubelet);
+    configure_container_swap_resources(&mut r);
     r
+}
+
+/// kuberuntime configureContainerSwapResources with NodeSwap's default NoSwap
+/// (swapConfigurationHelper.ConfigureNoSwap), when swapControllerAvailable: on v1 memory+swap
+/// equal to the memory limit; on v2 `memory.swap.max` 0.
+fn configure_container_swap_resources(r: &mut cri::LinuxContainerResources) {
+    if crius_cgroup_v2() {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let own = own.trim().trim_start_matches("0::").trim_start_matches('/');
+        if Path::new("/sys/fs/cgroup")
+            .join(own)
+            .join("memory.swap.max")
+            .exists()
+        {
+            r.unified.insert("memory.swap.max".into(), "0".into());
+        }
+    } else if Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists() {
+        r.memory_swap_limit_in_bytes = r.memory_limit_in_bytes;
+    }
 }
 
 /// kuberuntime generateContainerConfig (with generateLinuxContainerConfig): `<name>/<restart
@@ -972,6 +992,10 @@ fn assert_limits_in_cgroup(cgroup: &str, r: &cri::LinuxContainerResources) {
         .unwrap();
     if r.memory_limit_in_bytes > 0 {
         assert_eq!(memory, r.memory_limit_in_bytes as u64);
+        if r.memory_swap_limit_in_bytes > 0 {
+            let memsw = cgroup_file("memory", cgroup, "memory.memsw.limit_in_bytes");
+            assert_eq!(memsw, r.memory_swap_limit_in_bytes.to_string());
+        }
     } else {
         assert!(memory > 1 << 60, "no memory limit was asked for: {memory}");
     }
@@ -1446,12 +1470,12 @@ async fn check_update_resources(
     .unwrap_or_else(|e| panic!("UpdateContainerResources: {e:?}"));
     let cgroup = cgroup_of(container_pid(daemon, &p.container_id).await);
     assert_limits_in_cgroup(&cgroup, &resized);
-    let status = status(daemon, &p.container_id)
+    let current = status(daemon, &p.container_id)
         .await
         .unwrap()
         .status
         .unwrap();
-    let reported = status.resources.unwrap().linux.unwrap();
+    let reported = current.resources.unwrap().linux.unwrap();
     assert_eq!(reported.cpu_quota, 80_000);
 
     // The kernel takes no CFS quota below 1 ms.
