@@ -1604,3 +1604,37 @@ async fn image_fs_info_names_existing_dirs_before_any_pull() {
     }
     assert!(daemon.dir.root().join("containers").is_dir());
 }
+
+/// A pod whose parent cgroup crius makes itself (no kubelet made it, as under crictl), with
+/// the node's hugepage sizes in its resources: the parent gets the limits the host can hold,
+/// and the pod starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_cgroup_crius_makes_skips_missing_controllers() {
+    let daemon = Daemon::start("").await;
+    daemon.dir.write_bridge_cni_config();
+    let kubelet = Kubelet::new(daemon.dir.path());
+    let mut config = crate::sandbox::pod_config(&daemon, "own-parent");
+    let mut resources = calculate_linux_resources(Some(250), 0, 0);
+    resources.hugepage_limits = hugepage_limits(&kubelet);
+    let linux = config.linux.as_mut().unwrap();
+    linux.resources = Some(resources);
+    let parent = linux.cgroup_parent.trim_start_matches('/').to_string();
+    let pod_id = run_pod(&daemon, config)
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}"));
+    let shares = milli_cpu_to_shares(250);
+    if crius_cgroup_v2() {
+        let weight = crius::cgroups::resources::shares_to_weight(shares as u64);
+        assert_eq!(
+            cgroup_file("cpu", &parent, "cpu.weight"),
+            weight.to_string()
+        );
+    } else {
+        assert_eq!(
+            cgroup_file("cpu", &parent, "cpu.shares"),
+            shares.to_string()
+        );
+    }
+    stop_pod(&daemon, &pod_id).await.unwrap();
+    remove_pod(&daemon, &pod_id).await.unwrap();
+}

@@ -99,8 +99,8 @@ pub fn warn_skipped(controller: &str, field: &str) {
         tracing::warn!(
             controller,
             field,
-            "the host has no {controller} cgroup controller: its limits are skipped \
-             (warned once per daemon run)"
+            "no {controller} cgroup controller (not mounted, or not enabled in the parent's \
+             cgroup.subtree_control): limits needing it are skipped; warned once per daemon run"
         );
     }
 }
