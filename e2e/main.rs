@@ -8,6 +8,7 @@ mod containers;
 mod daemon_lifecycle;
 mod events;
 mod images;
+mod kubelet_shapes;
 mod lifecycle;
 mod runtime_info;
 mod sandbox;

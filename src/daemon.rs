@@ -93,6 +93,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         cgroups.version,
     )
     .map_err(DaemonError::Containers)?;
+    create_reported_dirs(&images, &containers)?;
     let tls = match (&config.streaming.tls_cert, &config.streaming.tls_key) {
         (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
         _ => None,
@@ -176,6 +177,14 @@ fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
         .mode(0o711)
         .create(dir)
         .map_err(io_err(format!("creating {}", dir.display())))
+}
+
+/// The directories crius names to kubelet: the image filesystem (ImageFsInfo) and the
+/// writable layers' (ContainerStats). kubelet's stats and eviction managers stat them as soon
+/// as the runtime answers, before any pull or container would create them.
+fn create_reported_dirs(images: &Images, containers: &Containers) -> Result<(), DaemonError> {
+    create_private_dir(images.snapshots_dir())?;
+    create_private_dir(containers.writable_layers_dir())
 }
 
 /// Binds the CRI socket (mode 0660). We hold the socket's lock, so a socket file already there

@@ -247,4 +247,49 @@ mod tests {
         assert!(text.contains("crius_pods{state=\"ready\"} 2"));
         assert!(text.contains("crius_store_transaction_duration_seconds_count 0"));
     }
+
+    /// Every `_seconds` metric carries seconds: an observation of 1.5 s adds 1.5 to the sum and
+    /// lands in the buckets bounded at 5 (seconds), not at 1 or below.
+    #[test]
+    fn seconds_metrics_carry_seconds() {
+        assert!(BUCKETS.windows(2).all(|w| w[0] < w[1]));
+        assert!(BUCKETS[0] >= 0.0001 && BUCKETS[BUCKETS.len() - 1] <= 60.0);
+        let m = Metrics::default();
+        m.observe_rpc("PullImage", "Ok", Duration::from_millis(1500));
+        m.observe_store_transaction(Duration::from_millis(1500));
+        let text = m.render(&Snapshot::default());
+        let value = |line: &str| -> f64 {
+            text.lines()
+                .find(|l| l.starts_with(line))
+                .unwrap_or_else(|| panic!("no {line} in:\n{text}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        for name in [
+            "crius_rpc_duration_seconds",
+            "crius_store_transaction_duration_seconds",
+        ] {
+            let labels = if name.starts_with("crius_rpc") {
+                "method=\"PullImage\",code=\"Ok\","
+            } else {
+                ""
+            };
+            let sum = value(&format!("{name}_sum"));
+            assert!((sum - 1.5).abs() < 1e-9, "{name}_sum {sum}");
+            assert_eq!(value(&format!("{name}_bucket{{{labels}le=\"1\"}}")), 0.0);
+            assert_eq!(value(&format!("{name}_bucket{{{labels}le=\"5\"}}")), 1.0);
+        }
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("# HELP") && l.contains("_seconds"))
+        {
+            assert!(
+                !line.contains("millisecond") && !line.contains("microsecond"),
+                "{line}"
+            );
+        }
+    }
 }

@@ -20,7 +20,7 @@ pub fn drop_clean_file_pages() {
     let Ok(mut pagemap) = std::fs::File::open("/proc/self/pagemap") else {
         return;
     };
-    let page = 4096u64;
+    let page = page_size();
     for (start, end) in readonly_file_mappings(&maps) {
         let pages = ((end - start) / page) as usize;
         let mut entries = vec![0u8; pages * 8];
@@ -54,6 +54,16 @@ pub fn drop_clean_file_pages() {
             }
         }
     }
+}
+
+/// The system's page size (4 KiB on x86-64; 16 or 64 KiB on some arm64 and ppc64le kernels),
+/// which the pagemap's entries count.
+fn page_size() -> u64 {
+    // SAFETY: sysconf only reads a system constant; it takes no pointers and touches no memory
+    // of ours.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    // POSIX guarantees a page size; -1 (never seen on Linux) falls back to the smallest one.
+    u64::try_from(size).ok().filter(|s| *s > 0).unwrap_or(4096)
 }
 
 /// (start, end) of mappings that are private, not writable and backed by a file.
@@ -98,6 +108,20 @@ mod tests {
                 (0x55d0a0100000, 0x55d0a0200000)
             ]
         );
+    }
+
+    #[test]
+    fn the_page_size_is_the_systems() {
+        let size = super::page_size();
+        assert!(size.is_power_of_two() && size >= 4096, "{size}");
+        // What the kernel reports as the page size of this process's first mapping.
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let kernel_kb: u64 = smaps
+            .lines()
+            .find_map(|l| l.strip_prefix("KernelPageSize:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        assert_eq!(size, kernel_kb * 1024);
     }
 
     #[test]

@@ -7,7 +7,8 @@ use crate::cri;
 use cgroups_rs::fs::{Cgroup, hierarchies};
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
 
-use super::{CGROUP_ROOT, CgroupVersion, resources};
+use super::controllers::CgroupFs;
+use super::{CGROUP_ROOT, CgroupError, CgroupVersion, resources};
 
 /// Creates the cgroup with the container's limits; on v1 the devices controller gets the
 /// spec's rules (deny all, then the allowed devices).
@@ -16,24 +17,44 @@ pub fn create(
     path: &str,
     limits: Option<&cri::LinuxContainerResources>,
     device_rules: &[LinuxDeviceCgroup],
-) -> Result<(), String> {
-    Cgroup::new(hierarchies::auto(), path).map_err(|e| format!("creating cgroup {path}: {e}"))?;
+) -> Result<(), CgroupError> {
+    Cgroup::new(hierarchies::auto(), path).map_err(|e| CgroupError::Create {
+        path: path.to_string(),
+        reason: e.to_string(),
+    })?;
+    let fs = CgroupFs::host(version);
     if let Some(limits) = limits {
-        write_limits(version, path, limits)?;
+        resources::write_limits(&fs, path, limits)?;
     }
     if version == CgroupVersion::V1 {
-        let dir = PathBuf::from(CGROUP_ROOT).join("devices").join(path);
-        if dir.exists() {
-            for rule in device_rules {
-                let file = if rule.allow() {
-                    "devices.allow"
-                } else {
-                    "devices.deny"
-                };
-                std::fs::write(dir.join(file), device_rule_line(rule))
-                    .map_err(|e| format!("{file} of cgroup {path}: {e}"))?;
+        write_device_rules(&fs, path, device_rules)?;
+    }
+    Ok(())
+}
+
+/// The v1 devices controller's rules, in order; nothing when the hierarchy is missing.
+fn write_device_rules(
+    fs: &CgroupFs,
+    path: &str,
+    device_rules: &[LinuxDeviceCgroup],
+) -> Result<(), CgroupError> {
+    let dir = fs.dir("devices", path);
+    if !dir.exists() {
+        return Ok(());
+    }
+    for rule in device_rules {
+        let file = if rule.allow() {
+            "devices.allow"
+        } else {
+            "devices.deny"
+        };
+        std::fs::write(dir.join(file), device_rule_line(rule)).map_err(|source| {
+            CgroupError::DeviceRule {
+                file,
+                path: path.to_string(),
+                source,
             }
-        }
+        })?;
     }
     Ok(())
 }
@@ -45,131 +66,19 @@ pub fn update(
     path: &str,
     new: &cri::LinuxContainerResources,
     old: Option<&cri::LinuxContainerResources>,
-) -> Result<(), String> {
+) -> Result<(), CgroupError> {
     if !Cgroup::load(hierarchies::auto(), path).exists() {
-        return Err(format!("cgroup {path} does not exist"));
+        return Err(CgroupError::Missing(path.to_string()));
     }
-    let result = write_limits(version, path, new);
+    let fs = CgroupFs::host(version);
+    let result = resources::write_limits(&fs, path, new);
     if result.is_err()
         && let Some(old) = old
+        && let Err(e) = resources::write_limits(&fs, path, old)
     {
-        let _ = write_limits(version, path, old);
+        tracing::warn!(cgroup = path, error = %e, "the previous limits could not be restored");
     }
     result
-}
-
-/// Writes the CRI limits to the cgroup's files, each error with the kernel's reason (zero
-/// fields are left as they are, as the CRI means them).
-pub fn write_limits(
-    version: CgroupVersion,
-    path: &str,
-    r: &cri::LinuxContainerResources,
-) -> Result<(), String> {
-    let root = PathBuf::from(CGROUP_ROOT);
-    let write = |controller: &str, file: &str, value: String| -> Result<(), String> {
-        let dir = match version {
-            CgroupVersion::V1 => root.join(controller).join(path),
-            CgroupVersion::V2 => root.join(path),
-        };
-        std::fs::write(dir.join(file), &value)
-            .map_err(|e| format!("writing {value} to {file}: {e}"))
-    };
-    match version {
-        CgroupVersion::V1 => {
-            if r.cpu_shares > 0 {
-                write("cpu", "cpu.shares", r.cpu_shares.to_string())?;
-            }
-            if r.cpu_period > 0 {
-                write("cpu", "cpu.cfs_period_us", r.cpu_period.to_string())?;
-            }
-            if r.cpu_quota != 0 {
-                write("cpu", "cpu.cfs_quota_us", r.cpu_quota.to_string())?;
-            }
-            if !r.cpuset_cpus.is_empty() {
-                write("cpuset", "cpuset.cpus", r.cpuset_cpus.clone())?;
-            }
-            if !r.cpuset_mems.is_empty() {
-                write("cpuset", "cpuset.mems", r.cpuset_mems.clone())?;
-            }
-            if r.memory_limit_in_bytes > 0 {
-                let memory = r.memory_limit_in_bytes.to_string();
-                let swap = (r.memory_swap_limit_in_bytes > 0)
-                    .then(|| r.memory_swap_limit_in_bytes.to_string());
-                // memsw must stay >= the memory limit: which goes first depends on the
-                // direction of the change.
-                if write("memory", "memory.limit_in_bytes", memory.clone()).is_err()
-                    && let Some(swap) = &swap
-                {
-                    write("memory", "memory.memsw.limit_in_bytes", swap.clone())?;
-                }
-                write("memory", "memory.limit_in_bytes", memory)?;
-                if let Some(swap) = swap {
-                    write("memory", "memory.memsw.limit_in_bytes", swap)?;
-                }
-            }
-            for h in &r.hugepage_limits {
-                write(
-                    "hugetlb",
-                    &format!("hugetlb.{}.limit_in_bytes", h.page_size),
-                    h.limit.to_string(),
-                )?;
-            }
-        }
-        CgroupVersion::V2 => {
-            if r.cpu_shares > 0 {
-                let weight = resources::shares_to_weight(r.cpu_shares as u64);
-                write("", "cpu.weight", weight.to_string())?;
-            }
-            if r.cpu_quota != 0 || r.cpu_period > 0 {
-                let quota = if r.cpu_quota > 0 {
-                    r.cpu_quota.to_string()
-                } else {
-                    "max".to_string()
-                };
-                let period = if r.cpu_period > 0 {
-                    r.cpu_period
-                } else {
-                    100_000
-                };
-                write("", "cpu.max", format!("{quota} {period}"))?;
-            }
-            if !r.cpuset_cpus.is_empty() {
-                write("", "cpuset.cpus", r.cpuset_cpus.clone())?;
-            }
-            if !r.cpuset_mems.is_empty() {
-                write("", "cpuset.mems", r.cpuset_mems.clone())?;
-            }
-            if r.memory_limit_in_bytes > 0 {
-                write("", "memory.max", r.memory_limit_in_bytes.to_string())?;
-                if r.memory_swap_limit_in_bytes > 0 {
-                    let swap = r
-                        .memory_swap_limit_in_bytes
-                        .saturating_sub(r.memory_limit_in_bytes);
-                    write("", "memory.swap.max", swap.to_string())?;
-                }
-            }
-            for h in &r.hugepage_limits {
-                write(
-                    "",
-                    &format!("hugetlb.{}.max", h.page_size),
-                    h.limit.to_string(),
-                )?;
-            }
-            for (key, value) in &r.unified {
-                write_v2(path, key, value)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A `unified` key written as is; only cgroup interface files are accepted.
-fn write_v2(path: &str, key: &str, value: &str) -> Result<(), String> {
-    if key.contains('/') || key.starts_with('.') || !key.contains('.') {
-        return Err(format!("{key:?} is not a cgroup v2 interface file"));
-    }
-    let file = PathBuf::from(CGROUP_ROOT).join(path).join(key);
-    std::fs::write(&file, value).map_err(|e| format!("writing {value:?} to {key}: {e}"))
 }
 
 /// `a *:* rwm`, `c 1:3 rwm`: the devices cgroup's rule syntax.
@@ -261,6 +170,5 @@ mod tests {
             oom_file(CgroupVersion::V1, "a/b"),
             "/sys/fs/cgroup/memory/a/b/memory.oom_control"
         );
-        assert!(write_v2("x", "../etc", "1").is_err());
     }
 }

@@ -4,6 +4,7 @@
 //! at /sys/fs/cgroup/unified holds no controllers and is not used).
 
 pub mod container;
+pub mod controllers;
 pub mod resources;
 pub mod sandbox;
 pub mod stats;
@@ -13,6 +14,54 @@ use std::path::Path;
 use serde::Serialize;
 
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// What creating, limiting or joining a cgroup can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("creating cgroup {path}: {reason}")]
+    Create { path: String, reason: String },
+    #[error("cgroup {0} does not exist")]
+    Missing(String),
+    /// The kernel refused a limit on a controller the cgroup has; `field` names the CRI field.
+    #[error("writing {value} to {file}: {source}")]
+    Refused {
+        field: String,
+        file: String,
+        value: String,
+        source: std::io::Error,
+    },
+    #[error("{key:?} is not a cgroup v2 interface file")]
+    NotInterfaceFile { key: String },
+    #[error("{file} of cgroup {path}: {source}")]
+    DeviceRule {
+        file: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("moving pid {pid} into cgroup {path}: {reason}")]
+    Join {
+        pid: i32,
+        path: String,
+        reason: String,
+    },
+}
+
+impl CgroupError {
+    /// As the daemon's error: a refused or malformed limit is INVALID_ARGUMENT naming the
+    /// field under `resources_field` (e.g. `config.linux.resources`), the rest internal.
+    pub fn into_error(self, resources_field: &str) -> crate::error::Error {
+        match &self {
+            CgroupError::Refused { field, .. } => {
+                crate::error::Error::invalid(format!("{resources_field}.{field}"), self.to_string())
+            }
+            CgroupError::NotInterfaceFile { key } => crate::error::Error::invalid(
+                format!("{resources_field}.unified[{key}]"),
+                self.to_string(),
+            ),
+            _ => crate::error::Error::Internal(self.to_string()),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum CgroupVersion {

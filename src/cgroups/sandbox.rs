@@ -9,7 +9,8 @@ use crate::cri;
 use cgroups_rs::CgroupPid;
 use cgroups_rs::fs::{Cgroup, hierarchies};
 
-use super::{CgroupVersion, resources};
+use super::controllers::CgroupFs;
+use super::{CgroupError, CgroupVersion, resources};
 
 /// Where pods go when kubelet names no parent.
 pub const DEFAULT_PARENT: &str = "crius";
@@ -60,30 +61,38 @@ pub fn missing_on_the_way(path: &str) -> Vec<String> {
 
 /// Creates the sandbox cgroup (and the parent when missing, with the pod's limits) and moves
 /// `pids` into it. The caller learns which parent cgroups are new from `missing_on_the_way`,
-/// called before, and owns them from then on.
+/// called before, and owns them from then on. A parent that exists (kubelet made it) is
+/// kubelet's to limit and is left as it is.
 pub fn create(
     version: CgroupVersion,
     parent: &str,
     sandbox: &str,
     limits: Option<&cri::LinuxContainerResources>,
     pids: &[i32],
-) -> Result<(), String> {
+) -> Result<(), CgroupError> {
     if !exists(parent) {
-        let cg = Cgroup::new(hierarchies::auto(), parent)
-            .map_err(|e| format!("creating cgroup {parent}: {e}"))?;
-        if let Some(limits) = limits
-            && let Err(e) = cg.apply(&resources::from_cri(version, limits))
-        {
-            return Err(format!("setting the limits of cgroup {parent}: {e}"));
+        new_cgroup(parent)?;
+        if let Some(limits) = limits {
+            resources::write_limits(&CgroupFs::host(version), parent, limits)?;
         }
     }
-    let cg = Cgroup::new(hierarchies::auto(), sandbox)
-        .map_err(|e| format!("creating cgroup {sandbox}: {e}"))?;
+    let cg = new_cgroup(sandbox)?;
     for pid in pids {
         cg.add_task_by_tgid(CgroupPid::from(*pid as u64))
-            .map_err(|e| format!("moving pid {pid} into cgroup {sandbox}: {e}"))?;
+            .map_err(|e| CgroupError::Join {
+                pid: *pid,
+                path: sandbox.to_string(),
+                reason: e.to_string(),
+            })?;
     }
     Ok(())
+}
+
+fn new_cgroup(path: &str) -> Result<Cgroup, CgroupError> {
+    Cgroup::new(hierarchies::auto(), path).map_err(|e| CgroupError::Create {
+        path: path.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Removes a cgroup whose processes are gone or going, in every hierarchy. Idempotent.

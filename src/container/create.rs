@@ -288,7 +288,7 @@ impl Containers {
         tokio::task::block_in_place(|| {
             cgroups::container::create(version, &cgroup, limits.as_ref(), &rules)
         })
-        .map_err(|e| Error::invalid("config.linux.resources", e))
+        .map_err(|e| e.into_error("config.linux.resources"))
     }
 }
 

@@ -126,6 +126,11 @@ impl Containers {
         self.bundles_dir.join(id)
     }
 
+    /// Where the containers' writable layers are: the filesystem ContainerStats names.
+    pub fn writable_layers_dir(&self) -> &Path {
+        &self.bundles_dir
+    }
+
     fn exit_file(&self, id: &str) -> PathBuf {
         self.exits_dir.join(id).join("exit")
     }

@@ -94,14 +94,16 @@ impl Containers {
         tokio::task::block_in_place(|| {
             cgroups::container::update(version, &record.cgroup, &wanted, old.as_ref())
         })
-        .map_err(|e| {
-            Error::invalid(
-                "linux",
+        .map_err(|e| e.into_error("linux"))
+        .map_err(|e| match e {
+            Error::InvalidArgument { field, reason } => Error::invalid(
+                field,
                 format!(
-                    "container {}: the kernel refused the change: {e}",
+                    "container {}: the kernel refused the change: {reason}",
                     record.id
                 ),
-            )
+            ),
+            other => other,
         })?;
         let Some(mut change) = entry.change().await else {
             return Err(super::not_found(id));

@@ -301,7 +301,7 @@ impl Sandboxes {
         let placed = placing
             .await
             .map_err(|e| Error::Internal(format!("placing the pod agent: {e}")))
-            .and_then(|r| r.map_err(Error::Internal));
+            .and_then(|r| r.map_err(|e| e.into_error("config.linux.resources")));
         steps.push(started.elapsed());
         attached?;
         placed?;
@@ -397,7 +397,7 @@ impl Sandboxes {
         &self,
         record: &mut SandboxRecord,
         pid: i32,
-    ) -> Result<tokio::task::JoinHandle<std::result::Result<(), String>>> {
+    ) -> Result<tokio::task::JoinHandle<std::result::Result<(), cgroups::CgroupError>>> {
         let parent = record
             .cgroup_parent()
             .map_err(|reason| Error::invalid("config.linux.cgroup_parent", reason))?;

@@ -1,6 +1,7 @@
 //! ListMetricDescriptors and ListPodSandboxMetrics: the cAdvisor-named metrics kubelet asks
 //! for when it takes pod and container metrics from the runtime. Values are integers, as the
-//! CRI carries them: CPU time in nanoseconds, sizes in bytes.
+//! CRI carries them, in the unit the name says: CPU time in whole seconds (as cAdvisor's and
+//! CRI-O's `container_cpu_usage_seconds_total`), sizes in bytes.
 
 use crate::cri;
 
@@ -16,7 +17,7 @@ const NETWORK_LABELS: &[&str] = &["interface", "id", "name", "namespace", "pod"]
 const DESCRIPTORS: &[(&str, &str, bool, bool)] = &[
     (
         "container_cpu_usage_seconds_total",
-        "Cumulative CPU time consumed, in nanoseconds.",
+        "Cumulative CPU time consumed, in seconds.",
         true,
         true,
     ),
@@ -108,6 +109,12 @@ pub fn descriptors() -> cri::ListMetricDescriptorsResponse {
     }
 }
 
+/// Nanoseconds as the whole seconds a metric named `_seconds` carries (the CRI's values are
+/// integers).
+fn whole_seconds(nanoseconds: u64) -> u64 {
+    nanoseconds / 1_000_000_000
+}
+
 fn metric(
     name: &str,
     timestamp: i64,
@@ -189,7 +196,7 @@ pub async fn list(ctx: &Context) -> Result<cri::ListPodSandboxMetricsResponse> {
                 let values = [
                     (
                         "container_cpu_usage_seconds_total",
-                        v(cpu.and_then(|c| c.usage_core_nano_seconds.as_ref())),
+                        v(cpu.and_then(|c| c.usage_core_nano_seconds.as_ref())).map(whole_seconds),
                     ),
                     (
                         "container_memory_usage_bytes",
@@ -215,7 +222,7 @@ pub async fn list(ctx: &Context) -> Result<cri::ListPodSandboxMetricsResponse> {
                         "container_fs_inodes_total",
                         v(fs.and_then(|f| f.inodes_used.as_ref())),
                     ),
-                    ("container_last_seen", Some((ts / 1_000_000_000) as u64)),
+                    ("container_last_seen", Some(whole_seconds(ts.max(0) as u64))),
                 ];
                 Some(cri::ContainerMetrics {
                     container_id: record.id.clone(),
@@ -233,4 +240,32 @@ pub async fn list(ctx: &Context) -> Result<cri::ListPodSandboxMetricsResponse> {
         });
     }
     Ok(cri::ListPodSandboxMetricsResponse { pod_metrics })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_metrics_say_seconds_and_carry_seconds() {
+        for (name, help, _, _) in DESCRIPTORS {
+            if name.contains("_seconds") {
+                assert!(
+                    help.contains("seconds") && !help.contains("nanoseconds"),
+                    "{name}: {help}"
+                );
+            }
+        }
+        assert_eq!(whole_seconds(2_999_999_999), 2);
+        assert_eq!(whole_seconds(3_000_000_000), 3);
+        let m = metric(
+            "container_cpu_usage_seconds_total",
+            1,
+            &[],
+            Some(whole_seconds(7_500_000_000)),
+        )
+        .unwrap();
+        assert_eq!(m.value.unwrap().value, 7);
+        assert_eq!(m.metric_type, cri::MetricType::Counter as i32);
+    }
 }
