@@ -1,17 +1,19 @@
 //! Any HTTP/2 `:authority` is served on the CRI socket.
 //!
 //! gRPC clients that dial a unix socket send whatever authority their library makes of the
-//! address: grpc-go and tonic send `localhost`, gRPC C-core (Python's grpcio 1.57 and later)
-//! the percent-encoded socket path (`%2Frun%2Fcrius%2Fcrius.sock`), grpc-java the raw path.
-//! h2, under tonic, parses `:authority` as a URI authority and resets every stream whose
-//! authority does not parse, while grpc-go servers (containerd, CRI-O) serve them all. So
-//! [`AuthorityFix`] sits between the accepted socket and tonic and, in the client's bytes,
-//! replaces an `:authority` that h2 would reject (tested with the very parser h2 uses) with
-//! `localhost`.
+//! address: grpc-go sends `localhost`, tonic its endpoint URI's authority, gRPC C-core (Python's
+//! grpcio 1.57 and later) the percent-encoded socket path (`%2Frun%2Fcrius%2Fcrius.sock`),
+//! grpc-java the raw path. h2, under tonic, parses `:authority` as a URI authority and resets
+//! every stream whose authority does not parse, while grpc-go servers (containerd, CRI-O) serve
+//! them all. So [`AuthorityFix`] sits between the accepted socket and tonic and, in the client's
+//! bytes, replaces an `:authority` that h2 would reject (tested with the very parser h2 uses)
+//! with `localhost`.
 //!
 //! Header blocks are HPACK-compressed against a dynamic table that the client's encoder and the
-//! server's decoder keep in step, so every header block of the connection is decoded here (with
-//! a stateful decoder mirroring the client's encoder). Frames go through verbatim until the
+//! server's decoder keep in step, so every header block of the connection is decoded here, by a
+//! decoder of our own that mirrors the client's encoder ([`hpack`]: the stateful HPACK decoders
+//! on crates.io rebuild a Huffman tree for every coded string, tens of microseconds, and tonic's
+//! client sends `:path` Huffman-coded on every request). Frames go through verbatim until the
 //! first block that needs a fix; from then on, for the rest of the connection, every header
 //! block is re-encoded without the dynamic table (static-table indices where they fit, literals
 //! otherwise), so the server's decoder never needs the entries it did not see. The rewritten
@@ -24,14 +26,16 @@
 //! are malformed before any rewrite, is passed through for h2 to reject; once blocks are being
 //! rewritten, malformed input ends the connection.
 
-use std::borrow::Cow;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use loona_hpack::decoder::DecoderError;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
+
+use hpack::{HpackError, encode_field};
+
+mod hpack;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER_LEN: usize = 9;
@@ -69,7 +73,7 @@ pub enum AuthorityError {
     #[error("a header list of more than {MAX_HEADER_LIST} bytes")]
     ListTooLarge,
     #[error("a header block that cannot be decoded: {0}")]
-    Hpack(DecoderError),
+    Hpack(#[from] HpackError),
     #[error("malformed frames: {0}")]
     Malformed(&'static str),
 }
@@ -106,6 +110,7 @@ impl<S> AuthorityFix<S> {
         self.pending_at += n;
         if self.pending_at == self.pending.len() {
             self.pending.clear();
+            self.pending.shrink_to(2 * READ_CHUNK);
             self.pending_at = 0;
         }
         true
@@ -244,16 +249,16 @@ struct HeaderList {
 }
 
 impl HeaderList {
-    fn add(&mut self, name: Cow<'_, [u8]>, value: Cow<'_, [u8]>) {
+    fn add(&mut self, name: &[u8], value: &[u8]) {
         self.size = self.size.saturating_add(name.len() + value.len() + 32);
-        if self.bad_authority.is_none() && is_authority(&name) && !acceptable(&value) {
+        if self.bad_authority.is_none() && is_authority(name) && !acceptable(value) {
             self.bad_authority = Some(value.to_vec());
         }
         if self.size > MAX_HEADER_LIST {
             self.overflow = true;
             self.fields = Vec::new();
         } else if !self.overflow {
-            self.fields.push((name.into_owned(), value.into_owned()));
+            self.fields.push((name.to_vec(), value.to_vec()));
         }
     }
 }
@@ -274,20 +279,18 @@ struct Fixer {
     unit: Vec<u8>,
     block: Option<Block>,
     /// Mirrors the client's HPACK encoder.
-    decoder: loona_hpack::Decoder<'static>,
+    decoder: hpack::Decoder,
     /// Set at the first block that needed a fix: from then on every block is re-encoded.
     rewriting: bool,
 }
 
 impl Fixer {
     fn new() -> Fixer {
-        let mut decoder = loona_hpack::Decoder::new();
-        decoder.set_max_allowed_table_size(SERVER_HEADER_TABLE_SIZE);
         Fixer {
             phase: Phase::Preface,
             unit: Vec::new(),
             block: None,
-            decoder,
+            decoder: hpack::Decoder::new(SERVER_HEADER_TABLE_SIZE),
             rewriting: false,
         }
     }
@@ -420,6 +423,8 @@ impl Fixer {
         }
         self.unit = unit;
         self.unit.clear();
+        // A large block's buffer is not kept for the rest of the connection.
+        self.unit.shrink_to(READ_CHUNK);
         self.phase = Phase::FrameHeader;
         if head.flags & END_HEADERS != 0
             && let Some(block) = self.block.take()
@@ -434,7 +439,7 @@ impl Fixer {
         let mut list = HeaderList::default();
         let decoded = self
             .decoder
-            .decode_with_cb(&block.fragment, |name, value| list.add(name, value));
+            .decode(&block.fragment, |name, value| list.add(name, value));
         if let Err(e) = decoded {
             if self.rewriting {
                 return Err(AuthorityError::Hpack(e));
@@ -550,117 +555,6 @@ fn write_block(block: &Block, encoded: &[u8], out: &mut Vec<u8>) {
         head.write(out);
         out.extend_from_slice(chunk);
     }
-}
-
-/// HPACK's static table (RFC 7541 Appendix A), index 1 first.
-const STATIC_TABLE: [(&str, &str); 61] = [
-    (":authority", ""),
-    (":method", "GET"),
-    (":method", "POST"),
-    (":path", "/"),
-    (":path", "/index.html"),
-    (":scheme", "http"),
-    (":scheme", "https"),
-    (":status", "200"),
-    (":status", "204"),
-    (":status", "206"),
-    (":status", "304"),
-    (":status", "400"),
-    (":status", "404"),
-    (":status", "500"),
-    ("accept-charset", ""),
-    ("accept-encoding", "gzip, deflate"),
-    ("accept-language", ""),
-    ("accept-ranges", ""),
-    ("accept", ""),
-    ("access-control-allow-origin", ""),
-    ("age", ""),
-    ("allow", ""),
-    ("authorization", ""),
-    ("cache-control", ""),
-    ("content-disposition", ""),
-    ("content-encoding", ""),
-    ("content-language", ""),
-    ("content-length", ""),
-    ("content-location", ""),
-    ("content-range", ""),
-    ("content-type", ""),
-    ("cookie", ""),
-    ("date", ""),
-    ("etag", ""),
-    ("expect", ""),
-    ("expires", ""),
-    ("from", ""),
-    ("host", ""),
-    ("if-match", ""),
-    ("if-modified-since", ""),
-    ("if-none-match", ""),
-    ("if-range", ""),
-    ("if-unmodified-since", ""),
-    ("last-modified", ""),
-    ("link", ""),
-    ("location", ""),
-    ("max-forwards", ""),
-    ("proxy-authenticate", ""),
-    ("proxy-authorization", ""),
-    ("range", ""),
-    ("referer", ""),
-    ("refresh", ""),
-    ("retry-after", ""),
-    ("server", ""),
-    ("set-cookie", ""),
-    ("strict-transport-security", ""),
-    ("transfer-encoding", ""),
-    ("user-agent", ""),
-    ("vary", ""),
-    ("via", ""),
-    ("www-authenticate", ""),
-];
-
-/// Encodes one field without touching the dynamic table: the static entry when both name and
-/// value match one, else a literal without indexing, naming a static entry where one has the
-/// name. Strings go raw (no Huffman).
-fn encode_field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
-    let mut name_index = None;
-    for (i, (n, v)) in STATIC_TABLE.iter().enumerate() {
-        if n.as_bytes() == name {
-            if v.as_bytes() == value && !v.is_empty() {
-                encode_integer(i + 1, 7, 0x80, out);
-                return;
-            }
-            name_index = name_index.or(Some(i + 1));
-        }
-    }
-    match name_index {
-        Some(index) => encode_integer(index, 4, 0x00, out),
-        None => {
-            out.push(0x00);
-            encode_string(name, out);
-        }
-    }
-    encode_string(value, out);
-}
-
-fn encode_string(s: &[u8], out: &mut Vec<u8>) {
-    encode_integer(s.len(), 7, 0x00, out);
-    out.extend_from_slice(s);
-}
-
-/// An HPACK integer (RFC 7541 §5.1) with an N-bit prefix, `flags` in the first byte's high bits.
-fn encode_integer(mut value: usize, prefix_bits: u32, flags: u8, out: &mut Vec<u8>) {
-    let max_prefix = (1usize << prefix_bits) - 1;
-    if value < max_prefix {
-        // Fits the prefix, so the cast keeps every bit.
-        out.push(flags | value as u8);
-        return;
-    }
-    out.push(flags | max_prefix as u8);
-    value -= max_prefix;
-    while value >= 0x80 {
-        out.push(0x80 | (value & 0x7f) as u8);
-        value >>= 7;
-    }
-    out.push(value as u8);
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Byte-level tests with hand-built frames, and h2's own server behind the layer.
 
+use super::hpack::{encode_integer, encode_string};
 use super::*;
 use loona_hpack::Decoder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -163,31 +164,6 @@ fn the_authority_parser_rejects_what_grpc_clients_send() {
     assert!(!acceptable(C_CORE));
     assert!(!acceptable(JAVA));
     assert!(!acceptable(b""));
-}
-
-#[test]
-fn static_table_is_hpacks() {
-    let mut decoder = Decoder::new();
-    for (i, (name, value)) in STATIC_TABLE.iter().enumerate() {
-        let fields = decoder.decode(&indexed(i + 1)).unwrap();
-        assert_eq!(
-            fields,
-            vec![(name.as_bytes().to_vec(), value.as_bytes().to_vec())]
-        );
-    }
-}
-
-#[test]
-fn integers_encode_as_rfc_7541_shows() {
-    let encode = |value, prefix| {
-        let mut out = Vec::new();
-        encode_integer(value, prefix, 0, &mut out);
-        out
-    };
-    assert_eq!(encode(10, 5), [0x0a]);
-    assert_eq!(encode(1337, 5), [0x1f, 0x9a, 0x0a]);
-    assert_eq!(encode(42, 8), [0x2a]);
-    assert_eq!(encode(127, 7), [0x7f, 0x00]);
 }
 
 #[test]
