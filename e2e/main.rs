@@ -7,6 +7,7 @@ mod agent_streams;
 mod containers;
 mod daemon_lifecycle;
 mod events;
+mod grpc_clients;
 mod images;
 mod kubelet_shapes;
 mod lifecycle;

@@ -5,6 +5,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use futures_util::TryStreamExt;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -17,6 +18,7 @@ use crate::image::Images;
 use crate::lockfile::{LockError, LockFile};
 use crate::sandbox::Sandboxes;
 use crate::server;
+use crate::server::authority::AuthorityFix;
 use crate::server::runtime::streaming::StreamBackend;
 use crate::store::{Store, StoreError};
 use crate::streaming::server::StreamingServer;
@@ -141,12 +143,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     );
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serve = tokio::spawn(server::router(ctx).serve_with_incoming_shutdown(
-        UnixListenerStream::new(listener),
-        async {
+    // Each connection goes through AuthorityFix, so clients whose :authority h2 rejects (gRPC
+    // C-core, grpc-java) are served too.
+    let incoming = UnixListenerStream::new(listener).map_ok(AuthorityFix::new);
+    let serve = tokio::spawn(
+        server::router(ctx).serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
-        },
-    ));
+        }),
+    );
     let signal_name = wait_for_stop_signal().await?;
     tracing::info!(
         signal = signal_name,

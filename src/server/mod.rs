@@ -1,5 +1,6 @@
 //! The gRPC side: CRI services over tonic, errors mapped to status codes in one place.
 
+pub mod authority;
 pub mod errors;
 pub mod image;
 pub mod rpc;
