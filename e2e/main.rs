@@ -4,7 +4,9 @@ mod harness;
 mod registry;
 
 mod agent_streams;
+mod churn;
 mod containers;
+mod crash;
 mod daemon_lifecycle;
 mod events;
 mod grpc_clients;

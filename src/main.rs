@@ -95,9 +95,14 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             crius::logging::init(config.log_level, config.log_format);
+            limit_malloc_arenas();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("crius")
+                // Blocking work (cgroup moves, CNI plugins, unpacking) comes in bursts; idle
+                // threads, and the memory they hold, go soon after.
+                .max_blocking_threads(64)
+                .thread_keep_alive(std::time::Duration::from_secs(2))
                 .build()
             {
                 Ok(rt) => rt,
@@ -147,5 +152,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// glibc gives each thread that allocates its own arena (up to 8 per core), and memory freed in
+/// one is not reused by another: under bursts of concurrent RPCs the daemon's RSS would ratchet
+/// up. Two arenas keep it flat at no measurable cost to a daemon that mostly waits.
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets a tunable of the allocator; it is called before any other
+    // thread exists, and a refusal (0) leaves the default in place.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

@@ -36,9 +36,12 @@ pub struct Sandboxes {
     cni: CniConfig,
     /// This binary, re-executed as `crius pod-agent`.
     exe: PathBuf,
-    /// Name reservation, and the creation and removal of parent cgroups, happen under it: two
-    /// pods never share a name, and a parent is never removed while a pod moves into it.
+    /// Name reservation happens under it: two pods never share a name.
     create_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Pods being placed in their cgroups hold it shared (they may create parents); removal of
+    /// parents no pod uses any more holds it exclusively, so a parent a pod is about to use is
+    /// never removed, and placements never wait for each other.
+    parents_lock: Arc<tokio::sync::RwLock<()>>,
     /// One lock per pod: StopPodSandbox and RemovePodSandbox hold it exclusively, creating and
     /// starting a container in the pod hold it shared, so nothing is made or started in a pod
     /// that is being torn down.
@@ -78,6 +81,7 @@ impl Sandboxes {
             cni,
             exe,
             create_lock: Arc::new(tokio::sync::Mutex::new(())),
+            parents_lock: Arc::new(tokio::sync::RwLock::new(())),
             pod_locks: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -408,7 +412,7 @@ impl Sandboxes {
         let mut pids = vec![pid];
         pids.extend(record.pid_init.map(|p| p.pid));
         let version = self.cgroup_version;
-        let guard = self.create_lock.clone().lock_owned().await;
+        let guard = self.parents_lock.clone().read_owned().await;
         let new_parents = cgroups::sandbox::missing_on_the_way(&parent);
         self.own_cgroups(&new_parents).await?;
         record.cgroup = Some(cgroup.clone());
@@ -589,6 +593,9 @@ impl Sandboxes {
     }
 
     async fn stop_agent(&self, record: &mut SandboxRecord) {
+        if record.agent.is_none() {
+            self.find_unrecorded_agent(record).await;
+        }
         // The pod's PID 1 goes first: killing it ends every process in the pod's PID namespace.
         if let Some(init) = record.pid_init.filter(|i| i.is_alive()) {
             let _ = nix::sys::signal::kill(
@@ -615,6 +622,27 @@ impl Sandboxes {
         }
         record.agent = None;
         record.pid_init = None;
+    }
+
+    /// An agent the record does not know (the daemon died between starting it and recording
+    /// it) still answers on the pod's socket: it is found there, to be stopped.
+    async fn find_unrecorded_agent(&self, record: &mut SandboxRecord) {
+        let socket = self.agent_socket(&record.id);
+        if !socket.exists() {
+            return;
+        }
+        let Ok(answer) = agent::client::ping(&socket).await else {
+            return;
+        };
+        let found = |pid: u32| {
+            let pid = pid as i32;
+            (pid > 0)
+                .then(|| record::start_time(pid).map(|start_time| AgentProcess { pid, start_time }))
+                .flatten()
+        };
+        record.agent = found(answer.pid);
+        record.pid_init = found(answer.pid_init);
+        tracing::info!(pod_id = %record.id, pid = answer.pid, "found an agent the record did not know");
     }
 
     /// Undoes everything a pod made: network, agent, pins, /dev/shm, its directories. Every
@@ -682,7 +710,7 @@ impl Sandboxes {
 
     /// Removes the parent cgroups this runtime created, bottom-up, while they are empty.
     async fn release_parent_cgroups(&self, parent: &str) -> Result<()> {
-        let _creating = self.create_lock.lock().await;
+        let _removing = self.parents_lock.write().await;
         let mut current = parent.to_string();
         loop {
             let ours: bool = self.store.read(|c| {
