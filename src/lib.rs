@@ -14,6 +14,7 @@ pub mod cri {
 }
 pub mod daemon;
 pub mod error;
+pub mod filter;
 pub mod image;
 pub mod linux;
 pub mod lockfile;

@@ -102,7 +102,7 @@ pub fn device_rule_line(rule: &LinuxDeviceCgroup) -> String {
 pub fn procs_files(version: CgroupVersion, path: &str) -> Vec<String> {
     let dirs: Vec<PathBuf> = match version {
         CgroupVersion::V2 => vec![PathBuf::from(CGROUP_ROOT).join(path)],
-        CgroupVersion::V1 => super::sandbox::hierarchy_mounts()
+        CgroupVersion::V1 => super::hierarchy_mounts()
             .into_iter()
             .map(|m| m.join(path))
             .filter(|d| d.is_dir())

@@ -10,10 +10,46 @@ pub mod sandbox;
 pub mod stats;
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Removes a cgroup whose processes are gone or going, in every hierarchy. Idempotent.
+/// rmdir fails with EBUSY while exiting tasks are still being torn down, which takes a
+/// millisecond or so: retry finely rather than back off by tens of milliseconds.
+pub fn remove_cgroup(path: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for dir in hierarchy_mounts().iter().map(|m| m.join(path)) {
+        loop {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(format!("removing cgroup {}: {e}", dir.display()));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Mount points of the hierarchies cgroups are made in: every v1 hierarchy, or the v2 root.
+pub fn hierarchy_mounts() -> Vec<std::path::PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    sandbox::hierarchy_mounts_in(
+        &mountinfo,
+        cgroups_rs::fs::hierarchies::is_cgroup2_unified_mode(),
+    )
+}
+
+/// The cgroup crius makes for a pod's agent or for a container, under `parent`:
+/// `crius-` and the first 12 characters of its id.
+pub fn own_cgroup(parent: &str, id: &str) -> String {
+    format!("{parent}/crius-{}", &id[..12.min(id.len())])
+}
 
 /// What creating, limiting or joining a cgroup can fail with.
 #[derive(Debug, thiserror::Error)]

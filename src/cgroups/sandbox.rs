@@ -3,7 +3,6 @@
 //! which holds the pod agent.
 
 use std::path::{Component, Path};
-use std::time::{Duration, Instant};
 
 use crate::cri;
 use cgroups_rs::CgroupPid;
@@ -33,10 +32,6 @@ pub fn parent_path(cgroup_parent: &str) -> Result<String, String> {
         return Err(format!("{cgroup_parent:?} is not a plain cgroup path"));
     }
     Ok(trimmed.to_string())
-}
-
-pub fn sandbox_path(parent: &str, sandbox_id: &str) -> String {
-    format!("{parent}/crius-{}", &sandbox_id[..12.min(sandbox_id.len())])
 }
 
 fn exists(path: &str) -> bool {
@@ -95,30 +90,13 @@ fn new_cgroup(path: &str) -> Result<Cgroup, CgroupError> {
     })
 }
 
-/// Removes a cgroup whose processes are gone or going, in every hierarchy. Idempotent.
-/// rmdir fails with EBUSY while exiting tasks are still being torn down, which takes a
-/// millisecond or so: retry finely rather than back off by tens of milliseconds.
-pub fn remove(path: &str) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    for dir in hierarchy_mounts().iter().map(|m| m.join(path)) {
-        loop {
-            match std::fs::remove_dir(&dir) {
-                Ok(()) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(e) if Instant::now() > deadline => {
-                    return Err(format!("removing cgroup {}: {e}", dir.display()));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(1)),
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Removes `path` if it holds no cgroup and no process in any hierarchy; false when it stays.
 /// Checked first and without retries (cgroups-rs would sleep 150 ms on a busy parent).
 pub fn remove_if_empty(path: &str) -> bool {
-    let dirs: Vec<std::path::PathBuf> = hierarchy_mounts().iter().map(|m| m.join(path)).collect();
+    let dirs: Vec<std::path::PathBuf> = super::hierarchy_mounts()
+        .iter()
+        .map(|m| m.join(path))
+        .collect();
     let busy = |dir: &std::path::PathBuf| {
         let has_children = std::fs::read_dir(dir)
             .map(|entries| entries.flatten().any(|e| e.path().is_dir()))
@@ -135,13 +113,7 @@ pub fn remove_if_empty(path: &str) -> bool {
         .all(|d| std::fs::remove_dir(d).is_ok() || !d.exists())
 }
 
-/// Mount points of the hierarchies cgroups are made in: every v1 hierarchy, or the v2 root.
-pub fn hierarchy_mounts() -> Vec<std::path::PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    hierarchy_mounts_in(&mountinfo, hierarchies::is_cgroup2_unified_mode())
-}
-
-fn hierarchy_mounts_in(mountinfo: &str, v2: bool) -> Vec<std::path::PathBuf> {
+pub(super) fn hierarchy_mounts_in(mountinfo: &str, v2: bool) -> Vec<std::path::PathBuf> {
     let wanted = if v2 { "cgroup2" } else { "cgroup" };
     mountinfo
         .lines()
@@ -190,7 +162,7 @@ mod tests {
         assert!(parent_path("kubepods-burstable.slice").is_err());
         assert!(parent_path("/kubepods/../etc").is_err());
         assert_eq!(
-            sandbox_path("crius", "0123456789abcdef"),
+            crate::cgroups::own_cgroup("crius", "0123456789abcdef"),
             "crius/crius-0123456789ab"
         );
     }

@@ -100,7 +100,7 @@ impl Containers {
             reason: String::new(),
             message: String::new(),
             process: None,
-            cgroup: cgroups::sandbox::sandbox_path(&cgroup_parent, &id),
+            cgroup: cgroups::own_cgroup(&cgroup_parent, &id),
             log_path,
             stop_signal: record::parse_signal(&image.record.config.config.stop_signal)
                 .unwrap_or(Signal::SIGTERM as i32),
@@ -237,7 +237,7 @@ impl Containers {
             new_pid_ns,
             seccomp,
             oom_score_adj: clamp_oom_score_adj(requested_adj),
-            cgroup_path: cgroups::sandbox::sandbox_path(&cgroup_parent, id),
+            cgroup_path: cgroups::own_cgroup(&cgroup_parent, id),
             all_capabilities: &all_caps_ref,
             grantable: &grantable,
             host_devices: if security.privileged {

@@ -333,7 +333,7 @@ impl Containers {
             for pid in cgroups::container::pids(version, &cgroup) {
                 let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
-            cgroups::sandbox::remove(&cgroup).map_err(Error::Internal)
+            cgroups::remove_cgroup(&cgroup).map_err(Error::Internal)
         })?;
         for dir in [self.bundle(&record.id), self.exits_dir.join(&record.id)] {
             match std::fs::remove_dir_all(&dir) {

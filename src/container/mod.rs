@@ -195,10 +195,5 @@ pub fn matches(
 ) -> bool {
     record.id.starts_with(id)
         && record.sandbox_id.starts_with(pod_id)
-        && labels_match(&record.config.labels, selector)
-}
-
-/// Labels that all match the selector.
-pub fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        && crate::filter::labels_match(&record.config.labels, selector)
 }

@@ -405,7 +405,7 @@ impl Sandboxes {
         let parent = record
             .cgroup_parent()
             .map_err(|reason| Error::invalid("config.linux.cgroup_parent", reason))?;
-        let cgroup = cgroups::sandbox::sandbox_path(&parent, &record.id);
+        let cgroup = cgroups::own_cgroup(&parent, &record.id);
         let linux = record.config.linux.clone().unwrap_or_default();
         let limits =
             cgroups::resources::pod_total(linux.resources.as_ref(), linux.overhead.as_ref());
@@ -658,7 +658,7 @@ impl Sandboxes {
 
     async fn remove_cgroup(&self, record: &mut SandboxRecord) -> Result<()> {
         if let Some(cgroup) = record.cgroup.clone() {
-            tokio::task::block_in_place(|| cgroups::sandbox::remove(&cgroup))
+            tokio::task::block_in_place(|| cgroups::remove_cgroup(&cgroup))
                 .map_err(Error::Internal)?;
             record.cgroup = None;
             self.release_parent_cgroups(&record.cgroup_parent().unwrap_or_default())
@@ -816,9 +816,4 @@ fn capabilities(
             })
             .unwrap_or_default(),
     }
-}
-
-/// Labels that all match the selector.
-pub fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }

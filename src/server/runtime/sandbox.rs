@@ -7,7 +7,7 @@ use crate::cri;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::sandbox::labels_match;
+use crate::filter::labels_match;
 use crate::sandbox::record::{SandboxRecord, SandboxState};
 
 fn state(record: &SandboxRecord) -> i32 {

@@ -6,10 +6,10 @@ use std::path::Path;
 use crate::cri;
 
 use crate::clock::now_ns;
-use crate::container::labels_match;
 use crate::container::record::ContainerRecord;
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::filter::labels_match;
 use crate::sandbox::record::SandboxRecord;
 
 pub async fn container(ctx: &Context, id: &str) -> Result<cri::ContainerStatsResponse> {
