@@ -1,288 +1,60 @@
-//! Churn: many pods, each with a container, created and removed by many concurrent clients
-//! (each its own connection, as many kubelets' worth of calls at once). The driver is shared
-//! with the churn benchmark (e2e/bench/churn.rs), which runs it against containerd too.
-
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+//! Churn: 200 pods, each with a container, created and removed by 20 concurrent clients: no
+//! errors, nothing leaked, the daemon's memory back where it was.
 
 use crius::cri;
 
-use crate::harness::{self, TestDir};
+use crate::churn_driver::{Place, churn, rss_kib};
+use crate::containers::busybox;
+use crate::harness::Daemon;
+use crate::images::pull;
 
-/// Where a churn's pods put their logs and cgroups: under a test dir's own names, so its leak
-/// checks see them.
-#[derive(Clone)]
-pub struct Place {
-    logs: PathBuf,
-    /// Pod `n`'s cgroup parent is this followed by `churn-<n>`.
-    cgroup_prefix: String,
-}
+const PODS: usize = 200;
+const CLIENTS: usize = 20;
 
-impl Place {
-    pub fn of(dir: &TestDir) -> Place {
-        Place {
-            logs: dir.path().join("logs"),
-            cgroup_prefix: dir.cgroup_parent(""),
-        }
-    }
-}
-
-/// What a churn run measured: each step's latencies, the pods per second, the errors.
-#[derive(Debug, Default)]
-pub struct ChurnReport {
-    pub run: Vec<Duration>,
-    pub create_start: Vec<Duration>,
-    pub stop_remove: Vec<Duration>,
-    pub whole: Vec<Duration>,
-    pub elapsed: Duration,
-    pub errors: Vec<String>,
-}
-
-impl ChurnReport {
-    pub fn pods_per_second(&self) -> f64 {
-        self.whole.len() as f64 / self.elapsed.as_secs_f64()
-    }
-
-    pub fn summary(&self) -> String {
-        format!(
-            "{} pods in {:.1}s ({:.1} pods/s), {} errors; RunPodSandbox p50 {} p99 {}; \
-             Create+Start p50 {} p99 {}; Stop+Remove p50 {} p99 {}; whole pod p50 {} p99 {}",
-            self.whole.len(),
-            self.elapsed.as_secs_f64(),
-            self.pods_per_second(),
-            self.errors.len(),
-            ms(percentile(&self.run, 50)),
-            ms(percentile(&self.run, 99)),
-            ms(percentile(&self.create_start, 50)),
-            ms(percentile(&self.create_start, 99)),
-            ms(percentile(&self.stop_remove, 50)),
-            ms(percentile(&self.stop_remove, 99)),
-            ms(percentile(&self.whole, 50)),
-            ms(percentile(&self.whole, 99)),
-        )
-    }
-}
-
-pub fn percentile(values: &[Duration], p: usize) -> Duration {
-    if values.is_empty() {
-        return Duration::ZERO;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort();
-    let rank = (p * sorted.len()).div_ceil(100).max(1) - 1;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1}ms", d.as_secs_f64() * 1000.0)
-}
-
-/// A pod as kubelet asks for one (container PID namespaces), its cgroup under the test's own
-/// parent.
-pub fn pod_config(n: usize, place: &Place) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: format!("churn-{n}"),
-            namespace: "churn".into(),
-            uid: format!("uid-churn-{n}"),
-            attempt: 0,
-        }),
-        hostname: format!("churn-{n}"),
-        log_directory: place.logs.join(n.to_string()).display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: format!("{}churn-{n}", place.cgroup_prefix),
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    pid: cri::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn container_config(image: &str) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: "work".into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.to_string(),
-            ..Default::default()
-        }),
-        command: vec!["/bin/sleep".into(), "999999".into()],
-        log_path: "work.log".into(),
-        ..Default::default()
-    }
-}
-
-type Client = cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
-
-/// One pod's whole life; the time of each step.
-async fn one_pod(
-    rt: &mut Client,
-    n: usize,
-    place: &Place,
-    image: &str,
-) -> Result<[Duration; 3], String> {
-    let config = pod_config(n, place);
-    let began = Instant::now();
-    let id = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn churn_of_200_pods_by_20_clients_leaves_nothing() {
+    let daemon = Daemon::start("").await;
+    daemon.dir.write_bridge_cni_config();
+    pull(&daemon, &busybox()).await.unwrap();
+    let place = Place::of(&daemon.dir);
+    // A first pod warms up what the daemon builds once (lazy statics, connections).
+    let warm = churn(&daemon.socket(), &place, &busybox(), 1, 1).await;
+    assert!(warm.errors.is_empty(), "{:?}", warm.errors);
+    let pid = daemon.pid().as_raw();
+    let rss_before = rss_kib(pid);
+    let report = churn(&daemon.socket(), &place, &busybox(), PODS, CLIENTS).await;
+    let rss_after = rss_kib(pid);
+    eprintln!(
+        "churn: {}; daemon RSS {} KiB before, {} KiB after",
+        report.summary(),
+        rss_before,
+        rss_after
+    );
+    assert!(report.errors.is_empty(), "errors: {:#?}", report.errors);
+    assert_eq!(report.whole.len(), PODS);
+    assert!(
+        rss_after < rss_before + 20 * 1024,
+        "the daemon grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    let mut rt = daemon.runtime().await.unwrap();
+    let pods = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
         .await
-        .map_err(|e| format!("RunPodSandbox {n}: {e:?}"))?
+        .unwrap()
         .into_inner()
-        .pod_sandbox_id;
-    let ran = began.elapsed();
-    let began = Instant::now();
-    let container = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: id.clone(),
-            config: Some(container_config(image)),
-            sandbox_config: Some(config),
-        })
+        .items;
+    assert!(pods.is_empty(), "{} pods left", pods.len());
+    let containers = rt
+        .list_containers(cri::ListContainersRequest { filter: None })
         .await
-        .map_err(|e| format!("CreateContainer {n}: {e:?}"))?
+        .unwrap()
         .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: container,
-    })
-    .await
-    .map_err(|e| format!("StartContainer {n}: {e:?}"))?;
-    let started = began.elapsed();
-    let began = Instant::now();
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: id.clone(),
-    })
-    .await
-    .map_err(|e| format!("StopPodSandbox {n}: {e:?}"))?;
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
-        .await
-        .map_err(|e| format!("RemovePodSandbox {n}: {e:?}"))?;
-    Ok([ran, started, began.elapsed()])
-}
-
-/// `pods` pods through `clients` concurrent clients against the runtime at `socket`.
-pub async fn churn(
-    socket: &Path,
-    place: &Place,
-    image: &str,
-    pods: usize,
-    clients: usize,
-) -> ChurnReport {
-    let next = Arc::new(AtomicUsize::new(0));
-    let began = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..clients {
-        let channel = harness::connect(socket).await.expect("connect");
-        let (next, place, image) = (next.clone(), place.clone(), image.to_string());
-        tasks.spawn(async move {
-            let mut rt = Client::new(channel);
-            let mut results = Vec::new();
-            loop {
-                let n = next.fetch_add(1, Ordering::SeqCst);
-                if n >= pods {
-                    return results;
-                }
-                let began = Instant::now();
-                let steps = one_pod(&mut rt, n, &place, &image).await;
-                results.push(steps.map(|s| (s, began.elapsed())));
-            }
-        });
-    }
-    let mut report = ChurnReport::default();
-    while let Some(done) = tasks.join_next().await {
-        for result in done.expect("client task") {
-            match result {
-                Ok(([run, start, stop], whole)) => {
-                    report.run.push(run);
-                    report.create_start.push(start);
-                    report.stop_remove.push(stop);
-                    report.whole.push(whole);
-                }
-                Err(e) => report.errors.push(e),
-            }
-        }
-    }
-    report.elapsed = began.elapsed();
-    report
-}
-
-/// Resident memory of a process, in KiB.
-pub fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::containers::busybox;
-    use crate::harness::Daemon;
-    use crate::images::pull;
-
-    const PODS: usize = 200;
-    const CLIENTS: usize = 20;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn churn_of_200_pods_by_20_clients_leaves_nothing() {
-        let daemon = Daemon::start("").await;
-        daemon.dir.write_bridge_cni_config();
-        pull(&daemon, &busybox()).await.unwrap();
-        let place = Place::of(&daemon.dir);
-        // A first pod warms up what the daemon builds once (lazy statics, connections).
-        let warm = churn(&daemon.socket(), &place, &busybox(), 1, 1).await;
-        assert!(warm.errors.is_empty(), "{:?}", warm.errors);
-        let pid = daemon.pid().as_raw();
-        let rss_before = rss_kib(pid);
-        let report = churn(&daemon.socket(), &place, &busybox(), PODS, CLIENTS).await;
-        let rss_after = rss_kib(pid);
-        eprintln!(
-            "churn: {}; daemon RSS {} KiB before, {} KiB after",
-            report.summary(),
-            rss_before,
-            rss_after
-        );
-        assert!(report.errors.is_empty(), "errors: {:#?}", report.errors);
-        assert_eq!(report.whole.len(), PODS);
-        assert!(
-            rss_after < rss_before + 20 * 1024,
-            "the daemon grew from {rss_before} KiB to {rss_after} KiB"
-        );
-        let mut rt = daemon.runtime().await.unwrap();
-        let pods = rt
-            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-            .await
-            .unwrap()
-            .into_inner()
-            .items;
-        assert!(pods.is_empty(), "{} pods left", pods.len());
-        let containers = rt
-            .list_containers(cri::ListContainersRequest { filter: None })
-            .await
-            .unwrap()
-            .into_inner()
-            .containers;
-        assert!(
-            containers.is_empty(),
-            "{} containers left",
-            containers.len()
-        );
-        // Dropping the daemon checks processes, mounts, cgroups, veths, iptables rules and IP
-        // leases.
-    }
+        .containers;
+    assert!(
+        containers.is_empty(),
+        "{} containers left",
+        containers.len()
+    );
+    // Dropping the daemon checks processes, mounts, cgroups, veths, iptables rules and IP
+    // leases.
 }

@@ -5,6 +5,7 @@ mod registry;
 
 mod agent_streams;
 mod churn;
+mod churn_driver;
 mod containers;
 mod crash;
 mod daemon_lifecycle;

@@ -2,6 +2,7 @@
 # Benchmarks (not tests): crius next to Debian's containerd 1.6, on this machine, in one run.
 #   pull: a ~200 MB, 4-layer image from a local registry, cold, median of 5 pulls each.
 #   pods: RunPodSandbox and Stop+Remove latency over 20 pods, RSS with 10 and 100 pods.
+#   churn: 100 pods with a container each, created and removed by 20 concurrent clients.
 #   streaming: Exec (RPC + SPDY exec of `true`), ExecSync, PortForward + an HTTP GET, exec output MB/s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,4 +19,5 @@ python3 hack/test-registry.py bench "$work"
 . "$work/env"
 cargo bench --locked --bench pull
 cargo bench --locked --bench pods
+cargo bench --locked --bench churn
 cargo bench --locked --bench streaming

@@ -60,7 +60,7 @@ if ! command -v cargo >/dev/null; then
     done
 fi
 if ! command -v cargo >/dev/null; then
-    echo "install-deps: cargo not found; crius needs a Rust toolchain (1.85 or newer, edition 2024)" >&2
+    echo "install-deps: cargo not found; crius needs a Rust toolchain (1.88 or newer, edition 2024)" >&2
     exit 1
 fi
 echo "install-deps: ok ($(cargo --version))"

@@ -1,0 +1,70 @@
+//! Churn benchmark: 100 pods, each with one container, created and removed by 20 concurrent
+//! clients (each its own connection) — crius next to containerd 1.6 + runc in the same run,
+//! the same CNI plugins. Prints pods per second and the p50 and p99 of each step and of a
+//! pod's whole life; asserts nothing.
+//!
+//! Run with `bash hack/bench.sh`.
+
+#[path = "../churn_driver.rs"]
+#[allow(dead_code)]
+mod churn_driver;
+#[path = "../harness.rs"]
+#[allow(dead_code)]
+mod harness;
+#[allow(dead_code)]
+mod peer;
+
+use churn_driver::{ChurnReport, Place, churn, percentile, rss_kib};
+use harness::Daemon;
+use peer::timed_pull;
+
+const PODS: usize = 100;
+const CLIENTS: usize = 20;
+
+fn report(name: &str, r: &ChurnReport) {
+    println!("{name}: churn: {}", r.summary());
+    for e in r.errors.iter().take(5) {
+        println!("{name}: churn error: {e}");
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let path = std::env::var("CRIUS_TEST_IMAGES").expect("run through hack/bench.sh");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let registry = meta["registry"].as_str().unwrap().to_string();
+    let pause = meta["images"]["pause"]["ref"].as_str().unwrap().to_string();
+
+    let daemon = Daemon::start("").await;
+    daemon.dir.write_bridge_cni_config();
+    timed_pull(&daemon.socket(), &pause).await;
+    let place = Place::of(&daemon.dir);
+    let pid = daemon.pid().as_raw();
+    churn(&daemon.socket(), &place, &pause, 2, 1).await;
+    let before = rss_kib(pid);
+    let crius = churn(&daemon.socket(), &place, &pause, PODS, CLIENTS).await;
+    println!(
+        "crius: churn: daemon RSS {before} KiB before, {} KiB after",
+        rss_kib(pid)
+    );
+    drop(daemon);
+    report("crius", &crius);
+
+    let (mut containerd, net_dir) = peer::start_with_cni(&registry, &pause).await;
+    timed_pull(&containerd.socket(), &pause).await;
+    let place = Place::of(&net_dir);
+    churn(&containerd.socket(), &place, &pause, 2, 1).await;
+    let theirs = churn(&containerd.socket(), &place, &pause, PODS, CLIENTS).await;
+    peer::stop_with_cni(&mut containerd, &net_dir);
+    report("containerd 1.6", &theirs);
+    let p50 = |v: &Vec<std::time::Duration>| percentile(v, 50).as_secs_f64();
+    println!(
+        "churn containerd/crius: pods/s {:.1}x; p50 RunPodSandbox {:.1}x, Create+Start {:.1}x, Stop+Remove {:.1}x, whole pod {:.1}x",
+        crius.pods_per_second() / theirs.pods_per_second(),
+        p50(&theirs.run) / p50(&crius.run),
+        p50(&theirs.create_start) / p50(&crius.create_start),
+        p50(&theirs.stop_remove) / p50(&crius.stop_remove),
+        p50(&theirs.whole) / p50(&crius.whole),
+    );
+}
