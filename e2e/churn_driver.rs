@@ -106,7 +106,7 @@ pub fn pod_config(n: usize, place: &Place) -> cri::PodSandboxConfig {
     }
 }
 
-fn container_config(image: &str) -> cri::ContainerConfig {
+pub fn container_config(image: &str) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: "work".into(),

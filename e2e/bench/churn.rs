@@ -30,11 +30,8 @@ fn report(name: &str, r: &ChurnReport) {
 
 #[tokio::main]
 async fn main() {
-    let path = std::env::var("CRIUS_TEST_IMAGES").expect("run through hack/bench.sh");
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let registry = meta["registry"].as_str().unwrap().to_string();
-    let pause = meta["images"]["pause"]["ref"].as_str().unwrap().to_string();
+    let (registry, meta) = peer::test_images();
+    let pause = peer::image_ref(&meta, "pause");
 
     let daemon = Daemon::start("").await;
     daemon.dir.write_bridge_cni_config();

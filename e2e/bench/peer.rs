@@ -209,3 +209,16 @@ pub async fn timed_pull(socket: &std::path::Path, image: &str) -> Duration {
         .unwrap_or_else(|e| panic!("pulling {image}: {e}"));
     started.elapsed()
 }
+
+/// The test images hack/test-registry.py pushed: (the registry's address, the images' metadata).
+pub fn test_images() -> (String, serde_json::Value) {
+    let path = std::env::var("CRIUS_TEST_IMAGES").expect("run through hack/bench.sh");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    (meta["registry"].as_str().unwrap().to_string(), meta)
+}
+
+/// A test image's reference.
+pub fn image_ref(meta: &serde_json::Value, name: &str) -> String {
+    meta["images"][name]["ref"].as_str().unwrap().to_string()
+}

@@ -6,13 +6,15 @@
 //!
 //! Run with `bash hack/bench.sh`.
 
+#[path = "../churn_driver.rs"]
+#[allow(dead_code)]
+mod churn_driver;
 #[path = "../harness.rs"]
 #[allow(dead_code)]
 mod harness;
 #[allow(dead_code)]
 mod peer;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -23,47 +25,10 @@ use peer::{median, ms, p90, pids_of, pss_kib, rss_kib, timed_pull};
 
 const TIMED_PODS: usize = 20;
 
+/// A pod as kubelet asks for one; its workload a sleep that is not the pause process
+/// (containerd's pause runs the same image).
 fn config(n: usize, dir: &TestDir) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: format!("bench-{n}"),
-            namespace: "bench".into(),
-            uid: format!("uid-{n}"),
-            attempt: 0,
-        }),
-        hostname: format!("bench-{n}"),
-        log_directory: dir.path().join("logs").display().to_string(),
-        labels: HashMap::from([("bench".into(), "pods".into())]),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: dir.cgroup_parent(&format!("{n}")),
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    pid: cri::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// The workload: a sleep that is not the pause process (containerd's pause runs the same image).
-fn container_config(image: &str) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: "work".into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.to_string(),
-            ..Default::default()
-        }),
-        command: vec!["/bin/sleep".into(), "999999".into()],
-        log_path: "work.log".into(),
-        ..Default::default()
-    }
+    churn_driver::pod_config(n, &churn_driver::Place::of(dir))
 }
 
 struct Measured {
@@ -115,7 +80,7 @@ async fn scenario(
         let container = rt
             .create_container(cri::CreateContainerRequest {
                 pod_sandbox_id: id.clone(),
-                config: Some(container_config(image)),
+                config: Some(churn_driver::container_config(image)),
                 sandbox_config: Some(config(n, dir)),
             })
             .await
@@ -210,11 +175,8 @@ fn report(name: &str, m: &Measured) {
 
 #[tokio::main]
 async fn main() {
-    let path = std::env::var("CRIUS_TEST_IMAGES").expect("run through hack/bench.sh");
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let registry = meta["registry"].as_str().unwrap().to_string();
-    let pause = meta["images"]["pause"]["ref"].as_str().unwrap().to_string();
+    let (registry, meta) = peer::test_images();
+    let pause = peer::image_ref(&meta, "pause");
 
     // crius
     let daemon = Daemon::start("").await;

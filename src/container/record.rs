@@ -107,6 +107,31 @@ pub fn parse_signal(name: &str) -> Option<i32> {
         .map(|s| s as i32)
 }
 
+/// A record for unit tests: container `c1` of pod `p1`, in `state`.
+#[cfg(test)]
+pub(crate) fn test_record(state: ContainerState) -> ContainerRecord {
+    ContainerRecord {
+        id: "c1".into(),
+        sandbox_id: "p1".into(),
+        config: cri::ContainerConfig::default(),
+        image_id: String::new(),
+        image_ref: String::new(),
+        chain_ids: vec![],
+        state,
+        created_at: 1,
+        started_at: 0,
+        finished_at: 0,
+        exit_code: 0,
+        reason: String::new(),
+        message: String::new(),
+        process: None,
+        cgroup: String::new(),
+        log_path: None,
+        stop_signal: 15,
+        new_pid_ns: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,26 +147,7 @@ mod tests {
 
     #[test]
     fn exit_reasons() {
-        let mut r = ContainerRecord {
-            id: "c".into(),
-            sandbox_id: "p".into(),
-            config: cri::ContainerConfig::default(),
-            image_id: String::new(),
-            image_ref: String::new(),
-            chain_ids: vec![],
-            state: ContainerState::Running,
-            created_at: 1,
-            started_at: 2,
-            finished_at: 0,
-            exit_code: 0,
-            reason: String::new(),
-            message: String::new(),
-            process: None,
-            cgroup: String::new(),
-            log_path: None,
-            stop_signal: 15,
-            new_pid_ns: true,
-        };
+        let mut r = test_record(ContainerState::Running);
         let exit = |code, oom| ExitStatus {
             exit_code: code,
             signal: 0,

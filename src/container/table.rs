@@ -219,30 +219,8 @@ pub fn mark_agent_gone(record: &mut ContainerRecord, exit: Option<ExitStatus>, n
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::container::record::test_record as record;
     use cri::ContainerEventType::{ContainerStartedEvent, ContainerStoppedEvent};
-
-    pub(crate) fn record(state: ContainerState) -> ContainerRecord {
-        ContainerRecord {
-            id: "c1".into(),
-            sandbox_id: "p1".into(),
-            config: cri::ContainerConfig::default(),
-            image_id: String::new(),
-            image_ref: String::new(),
-            chain_ids: vec![],
-            state,
-            created_at: 1,
-            started_at: 0,
-            finished_at: 0,
-            exit_code: 0,
-            reason: String::new(),
-            message: String::new(),
-            process: None,
-            cgroup: String::new(),
-            log_path: None,
-            stop_signal: 15,
-            new_pid_ns: true,
-        }
-    }
 
     fn exited(code: i32) -> Option<ExitStatus> {
         Some(ExitStatus {
