@@ -7,6 +7,7 @@ pub mod oci;
 pub mod record;
 pub mod spec;
 pub mod streams;
+pub mod validate;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -316,6 +317,7 @@ impl Containers {
             })?;
             chain_dirs.push(dir);
         }
+        validate::create_request(&config, &pod, &image.record.config.config, &chain_dirs)?;
         let built = self.build_spec(
             sandboxes,
             &pod,
