@@ -29,8 +29,17 @@ pub async fn start(ctx: &Context, id: &str) -> Result<cri::StartContainerRespons
     Ok(cri::StartContainerResponse {})
 }
 
+/// Timeouts beyond this are this long: forever for a container, and a deadline that still
+/// fits in a clock reading (kubelet passes a pod's grace period, an int64, as it is).
+const LONGEST_TIMEOUT_SECS: i64 = 100 * 365 * 24 * 3600;
+
+/// A timeout in seconds from the wire: negative is zero, huge is [`LONGEST_TIMEOUT_SECS`].
+fn timeout_from_secs(secs: i64) -> Duration {
+    Duration::from_secs(secs.clamp(0, LONGEST_TIMEOUT_SECS).unsigned_abs())
+}
+
 pub async fn stop(ctx: &Context, id: &str, timeout: i64) -> Result<cri::StopContainerResponse> {
-    let timeout = Duration::from_secs(timeout.max(0) as u64);
+    let timeout = timeout_from_secs(timeout);
     ctx.containers.stop(&ctx.sandboxes, id, timeout).await?;
     Ok(cri::StopContainerResponse {})
 }
@@ -139,7 +148,7 @@ pub async fn list(
 }
 
 pub async fn exec_sync(ctx: &Context, req: cri::ExecSyncRequest) -> Result<cri::ExecSyncResponse> {
-    let timeout = Duration::from_secs(req.timeout.max(0) as u64);
+    let timeout = timeout_from_secs(req.timeout);
     let (stdout, stderr, exit_code) = ctx
         .containers
         .exec_sync(&ctx.sandboxes, &req.container_id, req.cmd, timeout)
@@ -160,8 +169,26 @@ pub async fn update_resources(
     ctx: &Context,
     req: cri::UpdateContainerResourcesRequest,
 ) -> Result<cri::UpdateContainerResourcesResponse> {
+    if let Some(resources) = &req.linux {
+        crate::container::validate::resources("linux", resources)?;
+    }
     ctx.containers
         .update_resources(&ctx.sandboxes, &req.container_id, req.linux)
         .await?;
     Ok(cri::UpdateContainerResourcesResponse {})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_timeouts_fit_a_deadline() {
+        assert_eq!(timeout_from_secs(-5), Duration::ZERO);
+        assert_eq!(timeout_from_secs(30), Duration::from_secs(30));
+        let longest = timeout_from_secs(i64::MAX);
+        assert_eq!(longest.as_secs(), LONGEST_TIMEOUT_SECS as u64);
+        assert!(std::time::Instant::now().checked_add(longest).is_some());
+        assert!(u64::try_from(longest.as_millis()).is_ok());
+    }
 }
