@@ -58,6 +58,28 @@ pub fn missing_on_the_way(path: &str) -> Vec<String> {
     missing
 }
 
+/// Why a pod's cgroups could not be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateError {
+    /// The kernel refused the pod's own limits, or the pod's cgroup or processes under a
+    /// parent it had just given them: the request's values are at fault.
+    Limits(String),
+    /// Anything else.
+    Failed(String),
+}
+
+impl From<CreateError> for crate::error::Error {
+    fn from(err: CreateError) -> Self {
+        match err {
+            CreateError::Limits(reason) => crate::error::Error::invalid(
+                "config.linux.resources and config.linux.overhead",
+                format!("the kernel refused the pod's limits: {reason}"),
+            ),
+            CreateError::Failed(reason) => crate::error::Error::Internal(reason),
+        }
+    }
+}
+
 /// Creates the sandbox cgroup (and the parent when missing, with the pod's limits) and moves
 /// `pids` into it. The caller learns which parent cgroups are new from `missing_on_the_way`,
 /// called before, and owns them from then on.
@@ -67,21 +89,33 @@ pub fn create(
     sandbox: &str,
     limits: Option<&cri::LinuxContainerResources>,
     pids: &[i32],
-) -> Result<(), String> {
+) -> Result<(), CreateError> {
+    let mut limited = false;
     if !exists(parent) {
         let cg = Cgroup::new(hierarchies::auto(), parent)
-            .map_err(|e| format!("creating cgroup {parent}: {e}"))?;
-        if let Some(limits) = limits
-            && let Err(e) = cg.apply(&resources::from_cri(version, limits))
-        {
-            return Err(format!("setting the limits of cgroup {parent}: {e}"));
+            .map_err(|e| CreateError::Failed(format!("creating cgroup {parent}: {e}")))?;
+        if let Some(limits) = limits {
+            cg.apply(&resources::from_cri(version, limits))
+                .map_err(|e| {
+                    CreateError::Limits(format!("setting the limits of cgroup {parent}: {e}"))
+                })?;
+            limited = true;
         }
     }
+    // Under limits just set from the request, a refusal here (ENOMEM for a memory limit too
+    // small to hold the cgroup itself) is the request's doing.
+    let refused = |reason: String| {
+        if limited {
+            CreateError::Limits(reason)
+        } else {
+            CreateError::Failed(reason)
+        }
+    };
     let cg = Cgroup::new(hierarchies::auto(), sandbox)
-        .map_err(|e| format!("creating cgroup {sandbox}: {e}"))?;
+        .map_err(|e| refused(format!("creating cgroup {sandbox}: {e}")))?;
     for pid in pids {
         cg.add_task_by_tgid(CgroupPid::from(*pid as u64))
-            .map_err(|e| format!("moving pid {pid} into cgroup {sandbox}: {e}"))?;
+            .map_err(|e| refused(format!("moving pid {pid} into cgroup {sandbox}: {e}")))?;
     }
     Ok(())
 }

@@ -212,7 +212,7 @@ impl Sandboxes {
         let placed = placing
             .await
             .map_err(|e| Error::Internal(format!("placing the pod agent: {e}")))
-            .and_then(|r| r.map_err(Error::Internal));
+            .and_then(|r| r.map_err(Error::from));
         steps.push(started.elapsed());
         attached?;
         placed?;
@@ -305,7 +305,8 @@ impl Sandboxes {
         &self,
         record: &mut SandboxRecord,
         pid: i32,
-    ) -> Result<tokio::task::JoinHandle<std::result::Result<(), String>>> {
+    ) -> Result<tokio::task::JoinHandle<std::result::Result<(), cgroups::sandbox::CreateError>>>
+    {
         let parent = record
             .cgroup_parent()
             .map_err(|reason| Error::invalid("config.linux.cgroup_parent", reason))?;
