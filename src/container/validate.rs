@@ -4,6 +4,7 @@
 //! created or changed.
 
 use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::cri;
@@ -12,6 +13,7 @@ use crate::image::manifest::ContainerDefaults;
 use crate::sandbox::record::SandboxRecord;
 use crate::sandbox::validate::{namespace_options, string_map};
 
+use super::record::{ContainerRecord, ContainerState};
 use super::spec;
 
 /// The longest single argument or environment string execve takes: 32 pages
@@ -21,8 +23,15 @@ const MAX_ARG_PAGES: usize = 32;
 const CPU_PERIOD_RANGE: std::ops::RangeInclusive<i64> = 1_000..=1_000_000;
 /// The smallest CFS quota, in microseconds.
 const CPU_QUOTA_MIN: i64 = 1_000;
+/// The largest CFS quota the kernel takes, in microseconds (`MAX_BW`).
+const CPU_QUOTA_MAX: i64 = (1 << 44) - 1;
 /// The largest cpu.shares (cgroup v1's own bound, which kubelet uses too).
 const CPU_SHARES_MAX: i64 = 262_144;
+/// The CPUs and memory nodes a cpuset may name.
+const ONLINE_CPUS: &str = "/sys/devices/system/cpu/online";
+const ONLINE_NODES: &str = "/sys/devices/system/node/online";
+/// One directory per huge page size the host supports (`hugepages-2048kB`).
+const HUGEPAGES_DIR: &str = "/sys/kernel/mm/hugepages";
 
 /// Everything CreateContainer is asked, against the pod's config and the image (its defaults
 /// and its unpacked layers, topmost last); the first bad field is the error.
@@ -195,7 +204,7 @@ fn volume(field: &str, mount: &cri::Mount) -> Result<()> {
             format!("{:?} is not an absolute path", mount.container_path),
         ));
     }
-    no_nul(&format!("{field}.host_path"), &mount.host_path)?;
+    absolute_path(&format!("{field}.host_path"), &mount.host_path)?;
     if cri::MountPropagation::try_from(mount.propagation).is_err() {
         return Err(Error::invalid(
             format!("{field}.propagation"),
@@ -214,7 +223,20 @@ fn device_paths(field: &str, device: &cri::Device) -> Result<()> {
             format!("{:?} is not an absolute path", device.container_path),
         ));
     }
-    no_nul(&format!("{field}.host_path"), &device.host_path)
+    absolute_path(&format!("{field}.host_path"), &device.host_path)
+}
+
+/// A host path: absolute (a relative one would be resolved against the daemon's own working
+/// directory) and without NUL.
+fn absolute_path(field: &str, path: &str) -> Result<()> {
+    no_nul(field, path)?;
+    if !path.starts_with('/') {
+        return Err(Error::invalid(
+            field,
+            format!("{path:?} is not an absolute path"),
+        ));
+    }
+    Ok(())
 }
 
 /// The log file: a relative file path that stays inside the pod's (absolute) log directory,
@@ -280,6 +302,28 @@ fn linux_config(linux: &cri::LinuxContainerConfig) -> Result<()> {
         &format!("{field}.run_as_username"),
         &security.run_as_username,
     )?;
+    let ids = [
+        (
+            "run_as_user",
+            security.run_as_user.as_ref().map(|v| v.value),
+        ),
+        (
+            "run_as_group",
+            security.run_as_group.as_ref().map(|v| v.value),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, id)| Some((name.to_string(), id?)))
+    .chain(
+        security
+            .supplemental_groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (format!("supplemental_groups[{i}]"), *g)),
+    );
+    for (name, id) in ids {
+        user_or_group_id(&format!("{field}.{name}"), id)?;
+    }
     for (list, paths) in [
         ("masked_paths", &security.masked_paths),
         ("readonly_paths", &security.readonly_paths),
@@ -298,10 +342,22 @@ fn linux_config(linux: &cri::LinuxContainerConfig) -> Result<()> {
     Ok(())
 }
 
-/// Resource limits as the cgroup files take them: CFS period 1000-1000000 µs, quota -1 or at
-/// least 1000 µs, shares up to 262144, no negative memory, swap -1 (unlimited) or more,
-/// oom_score_adj -1000 to 1000, cpu and memory-node lists, hugepage sizes like `2MB`, and
-/// `unified` keys that are cgroup interface file names. Zero leaves a value as it is.
+/// A uid or gid: 0 to 4294967294 ((uid_t)-1 means "unchanged" to the kernel).
+fn user_or_group_id(field: &str, id: i64) -> Result<()> {
+    if (0..i64::from(u32::MAX)).contains(&id) {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        field,
+        format!("{id} is outside 0-{}", u32::MAX - 1),
+    ))
+}
+
+/// Resource limits as the cgroup files take them: CFS period 1000-1000000 µs, quota -1 or
+/// 1000 µs to the kernel's bound, shares up to 262144, no negative memory, swap -1 (unlimited)
+/// or more, oom_score_adj -1000 to 1000, lists of CPUs and memory nodes this host has online,
+/// huge page sizes it supports (`2MB`), and `unified` keys that are cgroup interface file
+/// names. Zero leaves a value as it is.
 pub fn resources(field: &str, r: &cri::LinuxContainerResources) -> Result<()> {
     let bad = |name: &str, reason: String| Err(Error::invalid(format!("{field}.{name}"), reason));
     if r.cpu_period != 0 && !CPU_PERIOD_RANGE.contains(&r.cpu_period) {
@@ -315,11 +371,14 @@ pub fn resources(field: &str, r: &cri::LinuxContainerResources) -> Result<()> {
             ),
         );
     }
-    if r.cpu_quota != 0 && r.cpu_quota != -1 && r.cpu_quota < CPU_QUOTA_MIN {
+    if r.cpu_quota != 0
+        && r.cpu_quota != -1
+        && !(CPU_QUOTA_MIN..=CPU_QUOTA_MAX).contains(&r.cpu_quota)
+    {
         return bad(
             "cpu_quota",
             format!(
-                "{} µs: -1 (none) or at least {CPU_QUOTA_MIN} µs",
+                "{} µs: -1 (none) or {CPU_QUOTA_MIN}-{CPU_QUOTA_MAX} µs",
                 r.cpu_quota
             ),
         );
@@ -351,22 +410,45 @@ pub fn resources(field: &str, r: &cri::LinuxContainerResources) -> Result<()> {
             format!("{} is outside -1000-1000", r.oom_score_adj),
         );
     }
-    for (name, list) in [
-        ("cpuset_cpus", &r.cpuset_cpus),
-        ("cpuset_mems", &r.cpuset_mems),
+    for (name, list, online) in [
+        ("cpuset_cpus", &r.cpuset_cpus, ONLINE_CPUS),
+        ("cpuset_mems", &r.cpuset_mems, ONLINE_NODES),
     ] {
-        if !list.is_empty() && !is_number_list(list) {
+        if list.is_empty() {
+            continue;
+        }
+        let Some(wanted) = number_list(list) else {
             return bad(name, format!("{list:?} is not a list like \"0-3,5\""));
+        };
+        let online_list = std::fs::read_to_string(online).unwrap_or_else(|_| "0".into());
+        if let Some(missing) = first_missing(&wanted, online_list.trim()) {
+            return bad(
+                name,
+                format!(
+                    "{list:?} names {missing}, which this host does not have online ({})",
+                    online_list.trim()
+                ),
+            );
         }
     }
     for (i, h) in r.hugepage_limits.iter().enumerate() {
-        if !is_hugepage_size(&h.page_size) {
+        let field = format!("hugepage_limits[{i}].page_size");
+        let Some(kib) = hugepage_kib(&h.page_size) else {
             return bad(
-                &format!("hugepage_limits[{i}].page_size"),
+                &field,
                 format!(
                     "{:?} is not a page size like \"2MB\" or \"1GB\"",
                     h.page_size
                 ),
+            );
+        };
+        if !Path::new(HUGEPAGES_DIR)
+            .join(format!("hugepages-{kib}kB"))
+            .is_dir()
+        {
+            return bad(
+                &field,
+                format!("this host has no {} huge pages", h.page_size),
             );
         }
     }
@@ -395,52 +477,56 @@ fn unified(field: &str, map: &HashMap<String, String>) -> Result<()> {
     Ok(())
 }
 
-/// A kernel list: comma-separated numbers and `a-b` ranges with a <= b.
-fn is_number_list(list: &str) -> bool {
-    let number = |s: &str| !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit());
-    list.split(',').all(|part| match part.split_once('-') {
-        Some((a, b)) => number(a) && number(b) && a.parse::<u32>().ok() <= b.parse::<u32>().ok(),
-        None => number(part),
-    })
+/// A kernel list (comma-separated numbers and `a-b` ranges with a <= b) as its ranges.
+fn number_list(list: &str) -> Option<Vec<(u32, u32)>> {
+    let number = |s: &str| {
+        (!s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u32>().ok())
+            .flatten()
+    };
+    list.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => Some((number(a)?, number(b)?)).filter(|(a, b)| a <= b),
+            None => number(part).map(|n| (n, n)),
+        })
+        .collect()
 }
 
-/// `2MB`, `1GB`, `64KB`: what kubelet and the hugetlb files name page sizes by.
-fn is_hugepage_size(size: &str) -> bool {
+/// The first number of `wanted` that the kernel list `online` lacks.
+fn first_missing(wanted: &[(u32, u32)], online: &str) -> Option<u32> {
+    let online = number_list(online).unwrap_or_default();
+    wanted
+        .iter()
+        .flat_map(|&(a, b)| a..=b)
+        .find(|n| !online.iter().any(|&(lo, hi)| (lo..=hi).contains(n)))
+}
+
+/// `2MB`, `1GB`, `64KB` (what kubelet and the hugetlb files name page sizes by) in KiB.
+fn hugepage_kib(size: &str) -> Option<u64> {
     let digits = size.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = &size[digits.len()..];
-    !digits.is_empty()
-        && digits.len() <= 6
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && matches!(unit, "KB" | "MB" | "GB" | "TB" | "PB")
+    let shift = match &size[digits.len()..] {
+        "KB" => 0,
+        "MB" => 10,
+        "GB" => 20,
+        "TB" => 30,
+        "PB" => 40,
+        _ => return None,
+    };
+    if digits.is_empty() || digits.len() > 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_shl(shift)
 }
 
 /// The command line and environment the container will exec, against the kernel's limits: no
 /// string over MAX_ARG_STRLEN, and strings plus pointers within ARG_MAX (else E2BIG).
 fn exec_size(config: &cri::ContainerConfig, image: &ContainerDefaults) -> Result<()> {
-    let page = sysconf(libc::_SC_PAGESIZE).unwrap_or(4096);
-    let max_string = MAX_ARG_PAGES * page;
-    let too_long = |field: String, len: usize| {
-        Err(Error::invalid(
-            field,
-            format!(
-                "{len} bytes; the kernel takes at most {max_string} in one argument or variable (MAX_ARG_STRLEN)"
-            ),
-        ))
-    };
-    for (list, values) in [
-        ("config.command", &config.command),
-        ("config.args", &config.args),
-    ] {
-        for (i, value) in values.iter().enumerate() {
-            if value.len() + 1 > max_string {
-                return too_long(format!("{list}[{i}]"), value.len());
-            }
-        }
-    }
+    string_lengths("config.command", &config.command)?;
+    string_lengths("config.args", &config.args)?;
     for kv in &config.envs {
         let len = kv.key.len() + 1 + kv.value.len();
-        if len + 1 > max_string {
-            return too_long(format!("config.envs[{:?}]", kv.key), len);
+        if len + 1 > max_arg_string() {
+            return Err(too_long(&format!("config.envs[{:?}]", kv.key), len));
         }
     }
     let argv = spec::command_line(image, &config.command, &config.args);
@@ -448,22 +534,123 @@ fn exec_size(config: &cri::ContainerConfig, image: &ContainerDefaults) -> Result
         .envs
         .iter()
         .map(|kv| {
-            (
-                kv.key.clone(),
-                String::from_utf8_lossy(&kv.value).into_owned(),
-            )
+            let value = String::from_utf8_lossy(&kv.value).into_owned();
+            (kv.key.clone(), value)
         })
         .collect();
     let env = spec::environment(image, &pairs);
-    let total: usize = argv
-        .iter()
-        .chain(env.iter())
+    within_arg_max("config.args and config.envs", argv.iter().chain(env.iter()))
+}
+
+/// An ExecSync or Exec command: not empty, no NUL, within the kernel's exec limits (the
+/// container's environment comes on top, so those may still be exceeded together).
+pub fn exec_command(field: &str, cmd: &[String]) -> Result<()> {
+    if cmd.is_empty() {
+        return Err(Error::invalid(field, "empty: no command given"));
+    }
+    strings(field, cmd)?;
+    string_lengths(field, cmd)?;
+    within_arg_max(field, cmd.iter())
+}
+
+/// ExecSync's program in a running container, looked up as its exec will look it up (a path
+/// as it is, a bare name in the container's PATH) under the container's root as the daemon
+/// sees it (`/proc/<pid>/root`): a program that is not there, or not executable, is the
+/// caller's mistake. When the container is not running the lifecycle reports that instead.
+pub fn exec_program_in(record: &ContainerRecord, bundle: &Path, cmd: &[String]) -> Result<()> {
+    let Some(program) = cmd.first() else {
+        return Ok(());
+    };
+    let Some(process) = record
+        .process
+        .filter(|p| record.state == ContainerState::Running && p.is_alive())
+    else {
+        return Ok(());
+    };
+    let Ok(spec) = oci_spec::runtime::Spec::load(bundle.join("config.json")) else {
+        return Ok(());
+    };
+    let Some(spec_process) = spec.process() else {
+        return Ok(());
+    };
+    let root = PathBuf::from(format!("/proc/{}/root", process.pid));
+    let env = spec_process.env().clone().unwrap_or_default();
+    exec_program(&root, spec_process.cwd(), &env, program)
+}
+
+/// `program` looked up under `root` as execvp would in the container (see
+/// `linux::security`), symlinks resolved inside `root`.
+fn exec_program(root: &Path, cwd: &Path, env: &[String], program: &str) -> Result<()> {
+    let field = "cmd[0]";
+    let candidates: Vec<PathBuf> = if program.contains('/') {
+        vec![cwd.join(program)]
+    } else {
+        let path_var = env
+            .iter()
+            .rev()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(crate::linux::security::DEFAULT_PATH);
+        path_var
+            .split(':')
+            .map(|dir| {
+                cwd.join(if dir.is_empty() { "." } else { dir })
+                    .join(program)
+            })
+            .collect()
+    };
+    let mut found_not_executable = None;
+    for candidate in &candidates {
+        let Ok(resolved) = crate::linux::path::secure_join(root, candidate) else {
+            continue;
+        };
+        match std::fs::metadata(&resolved) {
+            Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => {
+                return Ok(());
+            }
+            Ok(_) => found_not_executable = found_not_executable.or(Some(candidate)),
+            Err(_) => {}
+        }
+    }
+    let reason = match found_not_executable {
+        Some(path) => format!("{program:?}: {} is not an executable file", path.display()),
+        None if program.contains('/') => format!("{program:?}: no such file in the container"),
+        None => format!("{program:?}: executable file not found in the container's $PATH"),
+    };
+    Err(Error::invalid(field, reason))
+}
+
+/// The longest string execve takes, with its NUL: 32 pages.
+fn max_arg_string() -> usize {
+    MAX_ARG_PAGES * sysconf(libc::_SC_PAGESIZE).unwrap_or(4096)
+}
+
+fn too_long(field: &str, len: usize) -> Error {
+    Error::invalid(
+        field,
+        format!(
+            "{len} bytes; the kernel takes at most {} in one argument or variable \
+             (MAX_ARG_STRLEN)",
+            max_arg_string() - 1
+        ),
+    )
+}
+
+fn string_lengths(field: &str, values: &[String]) -> Result<()> {
+    match values.iter().position(|v| v.len() + 1 > max_arg_string()) {
+        Some(i) => Err(too_long(&format!("{field}[{i}]"), values[i].len())),
+        None => Ok(()),
+    }
+}
+
+/// Strings with their NULs and the pointers to them, as execve counts them, within ARG_MAX.
+fn within_arg_max<'a>(field: &str, strings: impl Iterator<Item = &'a String>) -> Result<()> {
+    let total: usize = strings
         .map(|s| s.len() + 1 + std::mem::size_of::<usize>())
         .sum();
     let limit = sysconf(libc::_SC_ARG_MAX).unwrap_or(128 * 1024);
     if total > limit {
         return Err(Error::invalid(
-            "config.args and config.envs",
+            field,
             format!(
                 "the command line and environment take {total} bytes; the kernel takes at most \
                  {limit} (ARG_MAX), so exec would fail with E2BIG"
@@ -698,7 +885,7 @@ mod tests {
 
     #[test]
     fn args_and_env_within_the_kernels_limits() {
-        let max_string = MAX_ARG_PAGES * sysconf(libc::_SC_PAGESIZE).unwrap();
+        let max_string = max_arg_string();
         let mut c = config();
         c.args = vec!["a".repeat(max_string)];
         assert_eq!(field_of(&c), "config.args[0]");
@@ -726,6 +913,75 @@ mod tests {
     }
 
     #[test]
+    fn exec_commands() {
+        exec_command("cmd", &["sh".into(), "-c".into(), "true".into()]).unwrap();
+        for cmd in [
+            vec![],
+            vec!["a\0".to_string()],
+            vec!["x".repeat(max_arg_string())],
+            vec!["y".repeat(max_arg_string() / 2); 64],
+        ] {
+            assert!(
+                matches!(exec_command("cmd", &cmd), Err(Error::InvalidArgument { field, .. }) if field.starts_with("cmd")),
+                "{:?}",
+                cmd.iter().map(|s| s.len()).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn exec_programs_are_looked_up_in_the_containers_root() {
+        use std::os::unix::fs::symlink;
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("bin")).unwrap();
+        std::fs::create_dir_all(r.join("usr/bin")).unwrap();
+        std::fs::write(r.join("bin/busybox"), "").unwrap();
+        std::fs::set_permissions(
+            r.join("bin/busybox"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::write(r.join("bin/data"), "").unwrap();
+        symlink("busybox", r.join("bin/sh")).unwrap();
+        // An absolute link resolves inside the root, never to the host's file.
+        symlink("/bin/busybox", r.join("usr/bin/env")).unwrap();
+        symlink("/etc/hostname", r.join("bin/escape")).unwrap();
+        let env = vec!["PATH=/usr/bin:/bin".to_string()];
+        let cwd = Path::new("/");
+        for ok in ["sh", "env", "/bin/busybox", "../bin/sh", "./bin/sh"] {
+            exec_program(r, cwd, &env, ok).unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+        }
+        for bad in ["nope", "data", "/bin/data", "/nope/x", "escape"] {
+            assert!(
+                matches!(exec_program(r, cwd, &env, bad),
+                    Err(Error::InvalidArgument { field, .. }) if field == "cmd[0]"),
+                "{bad}"
+            );
+        }
+        // Without PATH, the default one.
+        exec_program(r, cwd, &[], "sh").unwrap();
+    }
+
+    #[test]
+    fn host_paths_are_absolute() {
+        let mut c = config();
+        c.mounts = vec![cri::Mount {
+            container_path: "/data".into(),
+            host_path: "../../etc".into(),
+            ..Default::default()
+        }];
+        assert_eq!(field_of(&c), "config.mounts[0].host_path");
+        let mut c = config();
+        c.devices = vec![cri::Device {
+            container_path: "/dev/x".into(),
+            host_path: "dev/null".into(),
+            permissions: "rwm".into(),
+        }];
+        assert_eq!(field_of(&c), "config.devices[0].host_path");
+    }
+
+    #[test]
     fn resource_values_the_kernel_would_refuse() {
         let with = |r: cri::LinuxContainerResources| resources("linux", &r);
         let field = |r: cri::LinuxContainerResources| match with(r) {
@@ -739,12 +995,9 @@ mod tests {
             memory_limit_in_bytes: 64 << 20,
             memory_swap_limit_in_bytes: -1,
             oom_score_adj: -997,
-            cpuset_cpus: "0-1,3".into(),
+            cpuset_cpus: "0".into(),
             cpuset_mems: "0".into(),
-            hugepage_limits: vec![cri::HugepageLimit {
-                page_size: "2MB".into(),
-                limit: 0,
-            }],
+            hugepage_limits: vec![],
             unified: HashMap::from([("memory.high".into(), "max".into())]),
         })
         .unwrap();
@@ -809,6 +1062,30 @@ mod tests {
             ),
             (
                 cri::LinuxContainerResources {
+                    cpuset_cpus: "0-65535".into(),
+                    ..base()
+                },
+                "linux.cpuset_cpus",
+            ),
+            (
+                cri::LinuxContainerResources {
+                    cpu_quota: i64::MAX,
+                    ..base()
+                },
+                "linux.cpu_quota",
+            ),
+            (
+                cri::LinuxContainerResources {
+                    hugepage_limits: vec![cri::HugepageLimit {
+                        page_size: "3KB".into(),
+                        limit: 1,
+                    }],
+                    ..base()
+                },
+                "linux.hugepage_limits[0].page_size",
+            ),
+            (
+                cri::LinuxContainerResources {
                     hugepage_limits: vec![cri::HugepageLimit {
                         page_size: "../../x".into(),
                         limit: 1,
@@ -826,6 +1103,23 @@ mod tests {
             ),
         ] {
             assert_eq!(field(r), name);
+        }
+    }
+
+    #[test]
+    fn kernel_lists_and_page_sizes() {
+        assert_eq!(number_list("0-3,5"), Some(vec![(0, 3), (5, 5)]));
+        for bad in ["", "3-1", "a", "1,", "-1", "0-", "123456"] {
+            assert_eq!(number_list(bad), None, "{bad:?}");
+        }
+        assert_eq!(first_missing(&[(0, 1)], "0-3"), None);
+        assert_eq!(first_missing(&[(2, 5)], "0-3"), Some(4));
+        assert_eq!(first_missing(&[(0, 0)], "0,2-3"), None);
+        assert_eq!(hugepage_kib("2MB"), Some(2048));
+        assert_eq!(hugepage_kib("1GB"), Some(1 << 20));
+        assert_eq!(hugepage_kib("64KB"), Some(64));
+        for bad in ["MB", "2mb", "2 MB", "../2MB", "2MiB", "9999999GB"] {
+            assert_eq!(hugepage_kib(bad), None, "{bad:?}");
         }
     }
 
@@ -858,5 +1152,40 @@ mod tests {
             field_of(&c),
             "config.linux.security_context.namespace_options.pid"
         );
+        for (security, name) in [
+            (
+                cri::LinuxContainerSecurityContext {
+                    run_as_user: Some(cri::Int64Value { value: -1 }),
+                    ..Default::default()
+                },
+                "run_as_user",
+            ),
+            (
+                cri::LinuxContainerSecurityContext {
+                    run_as_group: Some(cri::Int64Value {
+                        value: u32::MAX as i64,
+                    }),
+                    ..Default::default()
+                },
+                "run_as_group",
+            ),
+            (
+                cri::LinuxContainerSecurityContext {
+                    supplemental_groups: vec![5, u32::MAX as i64],
+                    ..Default::default()
+                },
+                "supplemental_groups[1]",
+            ),
+        ] {
+            let mut c = config();
+            c.linux = Some(cri::LinuxContainerConfig {
+                security_context: Some(security),
+                ..Default::default()
+            });
+            assert_eq!(
+                field_of(&c),
+                format!("config.linux.security_context.{name}")
+            );
+        }
     }
 }

@@ -14,6 +14,9 @@ use crate::error::{Error, Result};
 use super::record::SandboxRecord;
 use super::{files, sysctl};
 
+/// The longest pod name, namespace or uid: a Kubernetes name (a DNS subdomain). They go to
+/// the CNI plugins in one environment variable, which the kernel bounds.
+const METADATA_MAX: usize = 253;
 /// The longest hostname the kernel takes (`__NEW_UTS_LEN`).
 pub const HOSTNAME_MAX: usize = 64;
 /// The longest file name (`NAME_MAX`): one component of a cgroup path.
@@ -63,6 +66,15 @@ fn metadata(meta: Option<&cri::PodSandboxMetadata>) -> Result<()> {
             return Err(Error::invalid(field, "empty"));
         }
         no_nul(&field, value)?;
+        if value.len() > METADATA_MAX {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "{} bytes long; at most {METADATA_MAX} (a Kubernetes name)",
+                    value.len()
+                ),
+            ));
+        }
         // CNI plugins get them as `K8S_POD_NAME=<name>;…` in CNI_ARGS.
         if value.contains([';', '=']) {
             return Err(Error::invalid(
@@ -470,6 +482,13 @@ mod tests {
         let mut c = config();
         c.metadata.as_mut().unwrap().uid.clear();
         assert_eq!(field_of(&c), "config.metadata.uid");
+        let mut c = config();
+        c.metadata.as_mut().unwrap().name = "n".repeat(254);
+        assert_eq!(field_of(&c), "config.metadata.name");
+        let mut c = config();
+        c.metadata.as_mut().unwrap().name = "n".repeat(253);
+        c.hostname = "h".into();
+        pod_config(&c, "").unwrap();
         let mut c = config();
         c.metadata.as_mut().unwrap().name = "x;K8S_POD_NAMESPACE=kube-system".into();
         assert_eq!(field_of(&c), "config.metadata.name");

@@ -148,6 +148,15 @@ pub async fn list(
 }
 
 pub async fn exec_sync(ctx: &Context, req: cri::ExecSyncRequest) -> Result<cri::ExecSyncResponse> {
+    crate::container::validate::exec_command("cmd", &req.cmd)?;
+    if let Some(record) = ctx
+        .containers
+        .get(&req.container_id, &ctx.sandboxes)
+        .await?
+    {
+        let bundle = ctx.config.root.join("containers").join(&record.id);
+        crate::container::validate::exec_program_in(&record, &bundle, &req.cmd)?;
+    }
     let timeout = timeout_from_secs(req.timeout);
     let (stdout, stderr, exit_code) = ctx
         .containers
