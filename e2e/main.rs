@@ -7,6 +7,7 @@ mod agent_streams;
 mod containers;
 mod daemon_lifecycle;
 mod events;
+mod hostile_input;
 mod images;
 mod runtime_info;
 mod sandbox;
