@@ -311,6 +311,33 @@ async fn hostile_pod_limits_the_kernel_refuses_are_invalid_argument() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_huge_fields_are_answered_not_reset() {
+    let daemon = Daemon::start("").await;
+    let huge = "y".repeat(1 << 20);
+    let mut runtime = daemon.runtime().await.unwrap();
+    // The message quotes the field; cut short, it still fits in the response's headers.
+    let err = runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config(&daemon, "huge")),
+            runtime_handler: huge.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().starts_with("invalid runtime_handler: \"yyy"));
+    assert!(err.message().len() < 8192);
+    let err = runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: huge,
+            verbose: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert_no_pod_state(&daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_volumes_are_mounted_parent_before_child() {
     let daemon = Daemon::start("").await;
     daemon.dir.write_bridge_cni_config();
@@ -738,6 +765,12 @@ fn acceptable(rpc: &str, status: &Status) -> Result<(), String> {
     }
     if status.message().trim().is_empty() {
         return Err("an empty message".into());
+    }
+    // The transport's own failures (a reset stream) come with a code but are no answer.
+    if status.message().contains("h2 protocol error")
+        || status.message().contains("transport error")
+    {
+        return Err("a transport error".into());
     }
     if status.code() == Code::InvalidArgument && !status.message().starts_with("invalid ") {
         return Err("INVALID_ARGUMENT without a field".into());
@@ -1427,6 +1460,23 @@ fn unrunnable_program(status: &Status) -> bool {
                 && (message.contains("ENOENT") || message.contains("EACCES"))))
 }
 
+/// Counts an answer by RPC and code, keeping the first message of each (cut short).
+fn count(
+    tally: &mut BTreeMap<(&'static str, String), (usize, String)>,
+    rpc: &'static str,
+    error: Option<&Status>,
+) {
+    let (code, message) = match error {
+        None => ("OK".to_string(), String::new()),
+        Some(s) => (format!("{:?}", s.code()), s.message().to_string()),
+    };
+    let entry = tally.entry((rpc, code)).or_default();
+    entry.0 += 1;
+    if entry.1.is_empty() && !message.is_empty() {
+        entry.1 = message.chars().take(100).collect();
+    }
+}
+
 /// Removes what a successful generated call made; the removal itself must succeed.
 async fn undo(rt: &mut RuntimeServiceClient<Channel>, made: &Made) -> Result<(), Status> {
     match made {
@@ -1509,7 +1559,8 @@ async fn hostile_seeded_garbage_to_every_rpc_gets_clear_errors_and_leaves_nothin
     let mut rng = Rng(seed);
     let mut failures = Vec::new();
     let mut known = Vec::new();
-    let mut tally: BTreeMap<(&'static str, String), usize> = BTreeMap::new();
+    // (RPC, code) -> (how many, the first answer's message).
+    let mut tally: BTreeMap<(&'static str, String), (usize, String)> = BTreeMap::new();
     let started = Instant::now();
     for n in 0..CALLS {
         let before = Instant::now();
@@ -1519,11 +1570,7 @@ async fn hostile_seeded_garbage_to_every_rpc_gets_clear_errors_and_leaves_nothin
             result,
         } = generated_call(&mut rng, &daemon, &targets, &mut clients, n).await;
         let took = before.elapsed();
-        let code = match &result {
-            Ok(_) => "OK".to_string(),
-            Err(s) => format!("{:?}", s.code()),
-        };
-        *tally.entry((rpc, code)).or_default() += 1;
+        count(&mut tally, rpc, result.as_ref().err());
         match result {
             Ok(made) => {
                 // An accepted container is started half the time: what was accepted must
@@ -1537,11 +1584,11 @@ async fn hostile_seeded_garbage_to_every_rpc_gets_clear_errors_and_leaves_nothin
                             container_id: id.clone(),
                         }))
                         .await;
-                    let code = match &started {
-                        Ok(_) => "OK".to_string(),
-                        Err(s) => format!("{:?}", s.code()),
-                    };
-                    *tally.entry(("StartContainer (created)", code)).or_default() += 1;
+                    count(
+                        &mut tally,
+                        "StartContainer (created)",
+                        started.as_ref().err(),
+                    );
                     if let Err(status) = &started
                         && unrunnable_program(status)
                     {
@@ -1585,8 +1632,8 @@ async fn hostile_seeded_garbage_to_every_rpc_gets_clear_errors_and_leaves_nothin
         "hostile input: {CALLS} calls in {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    for ((rpc, code), count) in &tally {
-        println!("  {rpc:<26} {code:<20} {count}");
+    for ((rpc, code), (count, example)) in &tally {
+        println!("  {rpc:<26} {code:<20} {count:>4}  {example}");
     }
     if !known.is_empty() {
         println!(
