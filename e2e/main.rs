@@ -11,6 +11,7 @@ mod crash;
 mod daemon_lifecycle;
 mod events;
 mod grpc_clients;
+mod hostile_input;
 mod images;
 mod kubelet_shapes;
 mod lifecycle;

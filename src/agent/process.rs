@@ -136,9 +136,8 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
     if args.loopback {
         loopback_up().map_err(|e| format!("bringing lo up: {e}"))?;
     }
-    for (name, value) in &args.sysctls {
-        let path = crate::sandbox::sysctl::proc_path(name);
-        std::fs::write(&path, value).map_err(|e| format!("sysctl {name}={value}: {e}"))?;
+    if let Err(refused) = crate::sandbox::sysctl::apply(&args.sysctls) {
+        refused.exit_agent();
     }
     // Containers will be our children; orphans of theirs come back to us to be reaped.
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag and no pointers.

@@ -80,6 +80,13 @@ pub enum CgroupError {
         path: String,
         reason: String,
     },
+    /// Joining failed under limits the request had just set: the kernel refused them.
+    #[error("the kernel refused the pod's limits: moving pid {pid} into cgroup {path}: {reason}")]
+    JoinRefused {
+        pid: i32,
+        path: String,
+        reason: String,
+    },
 }
 
 impl CgroupError {
@@ -94,6 +101,9 @@ impl CgroupError {
                 format!("{resources_field}.unified[{key}]"),
                 self.to_string(),
             ),
+            CgroupError::JoinRefused { .. } => {
+                crate::error::Error::invalid(resources_field, self.to_string())
+            }
             _ => crate::error::Error::Internal(self.to_string()),
         }
     }

@@ -229,12 +229,14 @@ pub fn pod_total(
         (Some(r), None) | (None, Some(r)) => Some(r.clone()),
         (Some(r), Some(o)) => {
             let mut total = r.clone();
-            total.cpu_shares += o.cpu_shares;
+            total.cpu_shares = total.cpu_shares.saturating_add(o.cpu_shares);
             if r.cpu_quota > 0 && o.cpu_quota > 0 {
-                total.cpu_quota += o.cpu_quota;
+                total.cpu_quota = total.cpu_quota.saturating_add(o.cpu_quota);
             }
             if r.memory_limit_in_bytes > 0 && o.memory_limit_in_bytes > 0 {
-                total.memory_limit_in_bytes += o.memory_limit_in_bytes;
+                total.memory_limit_in_bytes = total
+                    .memory_limit_in_bytes
+                    .saturating_add(o.memory_limit_in_bytes);
             }
             Some(total)
         }
@@ -429,5 +431,12 @@ mod tests {
         let t = pod_total(Some(&r), Some(&o)).unwrap();
         assert_eq!((t.cpu_shares, t.memory_limit_in_bytes), (110, 110));
         assert!(pod_total(None, None).is_none());
+        let huge = cri::LinuxContainerResources {
+            cpu_quota: i64::MAX,
+            memory_limit_in_bytes: i64::MAX,
+            ..Default::default()
+        };
+        let t = pod_total(Some(&huge), Some(&huge)).unwrap();
+        assert_eq!((t.cpu_quota, t.memory_limit_in_bytes), (i64::MAX, i64::MAX));
     }
 }

@@ -65,19 +65,26 @@ pub fn create(
     limits: Option<&cri::LinuxContainerResources>,
     pids: &[i32],
 ) -> Result<(), CgroupError> {
+    let mut limited = false;
     if !exists(parent) {
         new_cgroup(parent)?;
         if let Some(limits) = limits {
             resources::write_limits(&CgroupFs::host(version), parent, limits)?;
+            limited = true;
         }
     }
     let cg = new_cgroup(sandbox)?;
     for pid in pids {
         cg.add_task_by_tgid(CgroupPid::from(*pid as u64))
-            .map_err(|e| CgroupError::Join {
-                pid: *pid,
-                path: sandbox.to_string(),
-                reason: e.to_string(),
+            .map_err(|e| {
+                let (pid, path, reason) = (*pid, sandbox.to_string(), e.to_string());
+                // Under limits just set from the request, a refusal here (ENOMEM for a memory
+                // limit too small to hold the cgroup itself) is the request's doing.
+                if limited {
+                    CgroupError::JoinRefused { pid, path, reason }
+                } else {
+                    CgroupError::Join { pid, path, reason }
+                }
             })?;
     }
     Ok(())

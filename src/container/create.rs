@@ -58,6 +58,12 @@ impl Containers {
                 id: image_name.clone(),
             })?;
         let image = &leased.image;
+        super::validate::create_request(
+            &config,
+            &pod,
+            &image.record.config.config,
+            &leased.layer_dirs,
+        )?;
         let id = crate::sandbox::new_id()?;
         let (spec, new_pid_ns) = self.build_spec(
             sandboxes,

@@ -14,6 +14,7 @@ pub mod spec;
 mod stats;
 pub mod streams;
 pub mod table;
+pub mod validate;
 pub mod watch;
 
 use std::collections::HashMap;

@@ -1,8 +1,8 @@
 //! The OCI runtime spec (config.json) of a container, from the CRI ContainerConfig, the image
 //! config and the pod. Pure: every input is passed in, so the rules are unit-tested.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::collections::{HashMap, HashSet};
+use std::path::{Component, Path, PathBuf};
 
 use crate::cri;
 use oci_spec::runtime::{
@@ -197,21 +197,66 @@ fn propagation(p: i32) -> &'static str {
     }
 }
 
+/// The container's OCI spec. Each part is built by its own function below, in this order, so
+/// the first bad input reported is the same whatever the request holds.
 pub fn build(input: &SpecInputs) -> Result<Spec, Invalid> {
-    let config = input.config;
-    let security = config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.clone())
-        .unwrap_or_default();
-    let privileged = security.privileged;
-    if privileged && !input.pod.privileged {
+    let security = security_context(input.config);
+    if security.privileged && !input.pod.privileged {
         return Err((
             "config.linux.security_context.privileged".into(),
             "a privileged container needs a privileged pod sandbox".into(),
         ));
     }
+    let process = process(input, &security)?;
+    let mounts = mounts(input, &security)?;
+    let (devices, cgroup_devices) = devices(input, security.privileged)?;
+    let linux = linux(input, &security, devices, &cgroup_devices, &mounts);
 
+    let mut spec = Spec::default();
+    spec.set_version("1.1.0".into());
+    spec.set_root(Some(root(&security)));
+    spec.set_hostname(Some(input.pod.hostname.clone()));
+    spec.set_process(Some(process));
+    spec.set_linux(Some(linux));
+    spec.set_mounts(Some(mounts));
+    spec.set_hooks(None);
+    let annotations: HashMap<String, String> = input.config.annotations.clone();
+    spec.set_annotations(Some(annotations));
+    Ok(spec)
+}
+
+fn security_context(config: &cri::ContainerConfig) -> cri::LinuxContainerSecurityContext {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.clone())
+        .unwrap_or_default()
+}
+
+/// The process: command line, environment, working dir, capabilities, user and the flags.
+fn process(
+    input: &SpecInputs,
+    security: &cri::LinuxContainerSecurityContext,
+) -> Result<Process, Invalid> {
+    let args = command_line(input)?;
+    let env = environment(input)?;
+    let cwd = working_dir(input)?;
+    let capabilities = capabilities(input, security)?;
+    let mut process = Process::default();
+    process.set_terminal(Some(input.config.tty));
+    process.set_user(user(&input.user));
+    process.set_args(Some(args));
+    process.set_env(Some(env));
+    process.set_cwd(cwd.into());
+    process.set_capabilities(Some(capabilities));
+    process.set_rlimits(None);
+    process.set_no_new_privileges(Some(security.no_new_privs));
+    process.set_oom_score_adj(Some(input.oom_score_adj));
+    Ok(process)
+}
+
+fn command_line(input: &SpecInputs) -> Result<Vec<String>, Invalid> {
+    let config = input.config;
     let args = spec::command_line(input.image, &config.command, &config.args);
     if args.is_empty() {
         return Err((
@@ -219,10 +264,18 @@ pub fn build(input: &SpecInputs) -> Result<Spec, Invalid> {
             "no command given and the image has no Entrypoint or Cmd".into(),
         ));
     }
-    let env_pairs = env_pairs(&config.envs)?;
-    let env = spec::environment(input.image, &env_pairs);
+    Ok(args)
+}
+
+fn environment(input: &SpecInputs) -> Result<Vec<String>, Invalid> {
+    let env_pairs = env_pairs(&input.config.envs)?;
+    Ok(spec::environment(input.image, &env_pairs))
+}
+
+/// The config's working dir, else the image's, else `/`; absolute.
+fn working_dir(input: &SpecInputs) -> Result<String, Invalid> {
     let cwd = [
-        config.working_dir.as_str(),
+        input.config.working_dir.as_str(),
         input.image.working_dir.as_str(),
     ]
     .into_iter()
@@ -234,9 +287,26 @@ pub fn build(input: &SpecInputs) -> Result<Spec, Invalid> {
             format!("{cwd:?} is not an absolute path"),
         ));
     }
+    Ok(cwd.to_string())
+}
 
+fn user(resolved: &spec::User) -> User {
+    let mut user = User::default();
+    user.set_uid(resolved.uid);
+    user.set_gid(resolved.gid);
+    user.set_additional_gids(Some(resolved.additional_gids.clone()));
+    user
+}
+
+/// Bounding, effective and permitted: the default set with the request's adds and drops (all
+/// of them when privileged); inheritable and ambient: the requested ambient ones. Never more
+/// than the runtime itself may grant.
+fn capabilities(
+    input: &SpecInputs,
+    security: &cri::LinuxContainerSecurityContext,
+) -> Result<LinuxCapabilities, Invalid> {
     let requested = security.capabilities.clone().unwrap_or_default();
-    let caps: Vec<String> = if privileged {
+    let caps: Vec<String> = if security.privileged {
         input
             .all_capabilities
             .iter()
@@ -250,64 +320,67 @@ pub fn build(input: &SpecInputs) -> Result<Spec, Invalid> {
         )
         .map_err(|e| ("config.linux.security_context.capabilities".to_string(), e))?
     };
-    let to_set = |names: &[String]| -> Result<std::collections::HashSet<Capability>, Invalid> {
-        names
-            .iter()
-            .map(|c| {
-                c.trim_start_matches("CAP_")
-                    .parse::<Capability>()
-                    .map_err(|e| {
-                        (
-                            "config.linux.security_context.capabilities".to_string(),
-                            format!("{c}: {e}"),
-                        )
-                    })
-            })
-            .collect()
-    };
-    let caps: Vec<String> = caps
-        .into_iter()
-        .filter(|c| input.grantable.contains(c))
-        .collect();
-    let cap_set = to_set(&caps)?;
+    let cap_set = capability_set(&grantable_only(input, caps))?;
     let ambient_names = spec::capabilities(
         &requested.add_ambient_capabilities,
         &["ALL".to_string()],
         input.all_capabilities,
     )
     .map_err(|e| ("config.linux.security_context.capabilities".to_string(), e))?;
-    let ambient_names: Vec<String> = ambient_names
-        .into_iter()
-        .filter(|c| input.grantable.contains(c))
-        .collect();
-    let ambient = to_set(&ambient_names)?;
+    let ambient = capability_set(&grantable_only(input, ambient_names))?;
     let mut capabilities = LinuxCapabilities::default();
     capabilities.set_bounding(Some(cap_set.clone()));
     capabilities.set_effective(Some(cap_set.clone()));
-    capabilities.set_permitted(Some(cap_set.clone()));
+    capabilities.set_permitted(Some(cap_set));
     capabilities.set_inheritable(Some(ambient.clone()));
     capabilities.set_ambient(Some(ambient));
+    Ok(capabilities)
+}
 
-    let mut user = User::default();
-    user.set_uid(input.user.uid);
-    user.set_gid(input.user.gid);
-    user.set_additional_gids(Some(input.user.additional_gids.clone()));
+fn grantable_only(input: &SpecInputs, names: Vec<String>) -> Vec<String> {
+    names
+        .into_iter()
+        .filter(|c| input.grantable.contains(c))
+        .collect()
+}
 
-    let mut process = Process::default();
-    process.set_terminal(Some(config.tty));
-    process.set_user(user);
-    process.set_args(Some(args));
-    process.set_env(Some(env));
-    process.set_cwd(cwd.into());
-    process.set_capabilities(Some(capabilities));
-    process.set_rlimits(None);
-    process.set_no_new_privileges(Some(security.no_new_privs));
-    process.set_oom_score_adj(Some(input.oom_score_adj));
+fn capability_set(names: &[String]) -> Result<HashSet<Capability>, Invalid> {
+    names
+        .iter()
+        .map(|c| {
+            c.trim_start_matches("CAP_")
+                .parse::<Capability>()
+                .map_err(|e| {
+                    (
+                        "config.linux.security_context.capabilities".to_string(),
+                        format!("{c}: {e}"),
+                    )
+                })
+        })
+        .collect()
+}
 
-    // Mounts: the defaults, then the pod's files, then kubelet's volumes; a volume at the same
-    // destination as a default replaces it.
+/// The mounts: the defaults, then the pod's files, then kubelet's volumes parent before
+/// child; a volume at the same destination as an earlier mount replaces it.
+fn mounts(
+    input: &SpecInputs,
+    security: &cri::LinuxContainerSecurityContext,
+) -> Result<Vec<Mount>, Invalid> {
+    let mut mounts = default_mounts(security.privileged);
+    mounts.push(shm_mount(input.pod));
+    mounts.extend(pod_file_mounts(input, security.readonly_rootfs));
+    for volume in volume_mounts(input.config)? {
+        mounts.retain(|existing| existing.destination() != volume.destination());
+        mounts.push(volume);
+    }
+    Ok(mounts)
+}
+
+/// /proc, /dev and its pts and mqueue, /sys and its cgroups (read-only unless privileged),
+/// /run.
+fn default_mounts(privileged: bool) -> Vec<Mount> {
     let sys_ro = if privileged { "rw" } else { "ro" };
-    let mut mounts = vec![
+    vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
         mount(
             "/dev",
@@ -352,61 +425,102 @@ pub fn build(input: &SpecInputs) -> Result<Spec, Invalid> {
             "tmpfs",
             &["nosuid", "strictatime", "mode=755", "size=65536k"],
         ),
-    ];
-    let shm = input
-        .pod
-        .shm
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/dev/shm"));
-    mounts.push(mount(
+    ]
+}
+
+/// The pod's /dev/shm, or the host's with the host IPC namespace.
+fn shm_mount(pod: &PodView) -> Mount {
+    let shm = pod.shm.clone().unwrap_or_else(|| PathBuf::from("/dev/shm"));
+    mount(
         "/dev/shm",
         "bind",
         &shm.to_string_lossy(),
         &["rbind", "nosuid", "nodev", "noexec"],
-    ));
-    let pod_files_mode = if security.readonly_rootfs { "ro" } else { "rw" };
-    for (dest, source) in [
+    )
+}
+
+/// The pod's hostname, hosts and resolv.conf, unless kubelet mounts its own there.
+fn pod_file_mounts(input: &SpecInputs, readonly_rootfs: bool) -> Vec<Mount> {
+    let mode = if readonly_rootfs { "ro" } else { "rw" };
+    [
         ("/etc/hostname", &input.pod.hostname_file),
         ("/etc/hosts", &input.pod.hosts_file),
         ("/etc/resolv.conf", &input.pod.resolv_file),
-    ] {
-        if !config.mounts.iter().any(|m| m.container_path == dest) {
-            mounts.push(mount(
-                dest,
-                "bind",
-                &source.to_string_lossy(),
-                &["rbind", "rprivate", pod_files_mode],
-            ));
-        }
-    }
+    ]
+    .into_iter()
+    .filter(|(dest, _)| {
+        !input
+            .config
+            .mounts
+            .iter()
+            .any(|m| m.container_path == *dest)
+    })
+    .map(|(dest, source)| {
+        mount(
+            dest,
+            "bind",
+            &source.to_string_lossy(),
+            &["rbind", "rprivate", mode],
+        )
+    })
+    .collect()
+}
+
+/// kubelet's volumes as bind mounts, checked in the order given, then sorted by the depth of
+/// their destination (stable, as containerd does): `/data` is mounted before `/data/sub`
+/// whatever order they came in, so it never hides it.
+fn volume_mounts(config: &cri::ContainerConfig) -> Result<Vec<Mount>, Invalid> {
+    let mut volumes = Vec::with_capacity(config.mounts.len());
     for (i, m) in config.mounts.iter().enumerate() {
-        let field = format!("config.mounts[{i}]");
-        if m.image.as_ref().is_some_and(|s| !s.image.is_empty()) {
-            return Err((field, "image volumes are not supported by crius".into()));
-        }
-        if !m.container_path.starts_with('/') {
-            return Err((
-                format!("{field}.container_path"),
-                format!("{:?} is not an absolute path", m.container_path),
-            ));
-        }
-        if !Path::new(&m.host_path).exists() {
-            return Err((
-                format!("{field}.host_path"),
-                format!("{:?} does not exist", m.host_path),
-            ));
-        }
-        mounts.retain(|existing| existing.destination() != Path::new(&m.container_path));
+        check_volume(&format!("config.mounts[{i}]"), m)?;
         let mut options = vec!["rbind", propagation(m.propagation)];
         options.push(if m.readonly { "ro" } else { "rw" });
-        mounts.push(mount(&m.container_path, "bind", &m.host_path, &options));
+        volumes.push(mount(&m.container_path, "bind", &m.host_path, &options));
     }
+    volumes.sort_by_key(|m| destination_depth(m.destination()));
+    Ok(volumes)
+}
 
-    // Devices: the defaults, the host's for privileged containers, then the pod's.
-    let mut devices: Vec<LinuxDevice> = DEFAULT_DEVICES
-        .iter()
-        .map(|(p, ma, mi)| char_device(p, *ma, *mi))
-        .collect();
+fn check_volume(field: &str, m: &cri::Mount) -> Result<(), Invalid> {
+    if m.image.as_ref().is_some_and(|s| !s.image.is_empty()) {
+        return Err((
+            field.to_string(),
+            "image volumes are not supported by crius".into(),
+        ));
+    }
+    if !m.container_path.starts_with('/') {
+        return Err((
+            format!("{field}.container_path"),
+            format!("{:?} is not an absolute path", m.container_path),
+        ));
+    }
+    if !Path::new(&m.host_path).exists() {
+        return Err((
+            format!("{field}.host_path"),
+            format!("{:?} does not exist", m.host_path),
+        ));
+    }
+    Ok(())
+}
+
+/// How many components a destination has once cleaned (`.` dropped, `..` taking one off):
+/// `/` is 0, `/data` 1, `/data/sub/` 2.
+pub fn destination_depth(path: &Path) -> usize {
+    path.components().fold(0usize, |depth, c| match c {
+        Component::Normal(_) => depth + 1,
+        Component::ParentDir => depth.saturating_sub(1),
+        Component::RootDir | Component::CurDir | Component::Prefix(_) => depth,
+    })
+}
+
+/// The container's device nodes (the defaults, the host's for privileged containers, then the
+/// requested ones) and the devices its cgroup allows beside the standard rules (the defaults
+/// and the requested ones).
+fn devices(
+    input: &SpecInputs,
+    privileged: bool,
+) -> Result<(Vec<LinuxDevice>, Vec<LinuxDevice>), Invalid> {
+    let mut devices = default_devices();
     if privileged {
         for d in &input.host_devices {
             if !devices.iter().any(|x| x.path() == d.path()) {
@@ -414,30 +528,42 @@ pub fn build(input: &SpecInputs) -> Result<Spec, Invalid> {
             }
         }
     }
-    let mut requested_devices = Vec::new();
-    for (i, d) in config.devices.iter().enumerate() {
-        let meta = std::fs::metadata(&d.host_path).map_err(|e| {
-            (
-                format!("config.devices[{i}].host_path"),
-                format!("{:?}: {e}", d.host_path),
-            )
-        })?;
-        let device = device_from_metadata(&d.container_path, &meta).ok_or_else(|| {
-            (
-                format!("config.devices[{i}].host_path"),
-                format!("{:?} is not a device", d.host_path),
-            )
-        })?;
-        requested_devices.push(device.clone());
+    let requested = requested_devices(input.config)?;
+    for device in &requested {
         devices.retain(|x| x.path() != device.path());
-        devices.push(device);
+        devices.push(device.clone());
     }
-    let mut cgroup_devices: Vec<LinuxDevice> = DEFAULT_DEVICES
+    let mut cgroup_devices = default_devices();
+    cgroup_devices.extend(requested);
+    Ok((devices, cgroup_devices))
+}
+
+fn default_devices() -> Vec<LinuxDevice> {
+    DEFAULT_DEVICES
         .iter()
         .map(|(p, ma, mi)| char_device(p, *ma, *mi))
-        .collect();
-    cgroup_devices.extend(requested_devices);
+        .collect()
+}
 
+/// The host devices the config asks for, at their container paths.
+fn requested_devices(config: &cri::ContainerConfig) -> Result<Vec<LinuxDevice>, Invalid> {
+    config
+        .devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let field = format!("config.devices[{i}].host_path");
+            let meta = std::fs::metadata(&d.host_path)
+                .map_err(|e| (field.clone(), format!("{:?}: {e}", d.host_path)))?;
+            device_from_metadata(&d.container_path, &meta)
+                .ok_or_else(|| (field, format!("{:?} is not a device", d.host_path)))
+        })
+        .collect()
+}
+
+/// Own mount and cgroup namespaces, a PID namespace unless shared, and the pod's pinned
+/// network, IPC and UTS namespaces.
+fn namespaces(input: &SpecInputs) -> Vec<LinuxNamespace> {
     let mut namespaces = vec![
         namespace(LinuxNamespaceType::Mount, None),
         namespace(LinuxNamespaceType::Cgroup, None),
@@ -445,39 +571,37 @@ pub fn build(input: &SpecInputs) -> Result<Spec, Invalid> {
     if input.new_pid_ns {
         namespaces.push(namespace(LinuxNamespaceType::Pid, None));
     }
-    if let Some(p) = &input.pod.netns {
-        namespaces.push(namespace(LinuxNamespaceType::Network, Some(p)));
+    for (typ, path) in [
+        (LinuxNamespaceType::Network, &input.pod.netns),
+        (LinuxNamespaceType::Ipc, &input.pod.ipc_ns),
+        (LinuxNamespaceType::Uts, &input.pod.uts_ns),
+    ] {
+        if let Some(p) = path {
+            namespaces.push(namespace(typ, Some(p)));
+        }
     }
-    if let Some(p) = &input.pod.ipc_ns {
-        namespaces.push(namespace(LinuxNamespaceType::Ipc, Some(p)));
-    }
-    if let Some(p) = &input.pod.uts_ns {
-        namespaces.push(namespace(LinuxNamespaceType::Uts, Some(p)));
-    }
+    namespaces
+}
 
+/// The `linux` section: namespaces, devices, resources with the device rules, the cgroup,
+/// masked and read-only paths, seccomp and the rootfs propagation.
+fn linux(
+    input: &SpecInputs,
+    security: &cri::LinuxContainerSecurityContext,
+    devices: Vec<LinuxDevice>,
+    cgroup_devices: &[LinuxDevice],
+    mounts: &[Mount],
+) -> oci_spec::runtime::Linux {
+    let privileged = security.privileged;
     let mut linux = oci_spec::runtime::Linux::default();
-    linux.set_namespaces(Some(namespaces));
+    linux.set_namespaces(Some(namespaces(input)));
     linux.set_devices(Some(devices));
     linux.set_resources(Some(resources(
-        config,
-        device_rules(&cgroup_devices, privileged),
+        input.config,
+        device_rules(cgroup_devices, privileged),
     )));
     linux.set_cgroups_path(Some(input.cgroup_path.clone().into()));
-    let (masked, readonly): (Vec<String>, Vec<String>) = if privileged {
-        (vec![], vec![])
-    } else {
-        let or_default = |given: &[String], default: &[&str]| {
-            if given.is_empty() {
-                default.iter().map(|s| s.to_string()).collect()
-            } else {
-                given.to_vec()
-            }
-        };
-        (
-            or_default(&security.masked_paths, MASKED_PATHS),
-            or_default(&security.readonly_paths, READONLY_PATHS),
-        )
-    };
+    let (masked, readonly) = masked_and_readonly_paths(security);
     linux.set_masked_paths(Some(masked));
     linux.set_readonly_paths(Some(readonly));
     linux.set_seccomp(if privileged {
@@ -486,36 +610,52 @@ pub fn build(input: &SpecInputs) -> Result<Spec, Invalid> {
         input.seccomp.clone()
     });
     linux.set_sysctl(None);
-    // A volume that propagates back to the host needs the container's mounts to stay peers
-    // of the host's.
+    linux.set_rootfs_propagation(rootfs_propagation(mounts));
+    linux
+}
+
+/// The request's masked and read-only paths, else containerd's; none when privileged.
+fn masked_and_readonly_paths(
+    security: &cri::LinuxContainerSecurityContext,
+) -> (Vec<String>, Vec<String>) {
+    if security.privileged {
+        return (vec![], vec![]);
+    }
+    let or_default = |given: &[String], default: &[&str]| {
+        if given.is_empty() {
+            default.iter().map(|s| s.to_string()).collect()
+        } else {
+            given.to_vec()
+        }
+    };
+    (
+        or_default(&security.masked_paths, MASKED_PATHS),
+        or_default(&security.readonly_paths, READONLY_PATHS),
+    )
+}
+
+/// A volume that propagates back to the host needs the container's mounts to stay peers of
+/// the host's.
+fn rootfs_propagation(mounts: &[Mount]) -> Option<String> {
     let has = |opt: &str| {
         mounts
             .iter()
             .any(|m| m.options().iter().flatten().any(|o| o == opt))
     };
-    linux.set_rootfs_propagation(if has("rshared") {
+    if has("rshared") {
         Some("rshared".into())
     } else if has("rslave") {
         Some("rslave".into())
     } else {
         None
-    });
+    }
+}
 
+fn root(security: &cri::LinuxContainerSecurityContext) -> Root {
     let mut root = Root::default();
     root.set_path("rootfs".into());
     root.set_readonly(Some(security.readonly_rootfs));
-
-    let mut spec = Spec::default();
-    spec.set_version("1.1.0".into());
-    spec.set_root(Some(root));
-    spec.set_hostname(Some(input.pod.hostname.clone()));
-    spec.set_process(Some(process));
-    spec.set_linux(Some(linux));
-    spec.set_mounts(Some(mounts));
-    spec.set_hooks(None);
-    let annotations: HashMap<String, String> = config.annotations.clone();
-    spec.set_annotations(Some(annotations));
-    Ok(spec)
+    root
 }
 
 /// A device node of the host as the spec describes it, at `container_path`.
@@ -685,6 +825,45 @@ mod tests {
                 .unwrap()
                 .contains(&Capability::SysAdmin)
         );
+    }
+
+    #[test]
+    fn volumes_are_mounted_parent_before_child() {
+        let volume = |dest: &str| cri::Mount {
+            container_path: dest.into(),
+            host_path: "/tmp".into(),
+            ..Default::default()
+        };
+        let config = cri::ContainerConfig {
+            command: vec!["sh".into()],
+            mounts: vec![
+                volume("/data/sub"),
+                volume("/data"),
+                volume("/a/b/./c/"),
+                volume("/z"),
+                volume("/data/x/../other"),
+            ],
+            ..Default::default()
+        };
+        let image = ContainerDefaults::default();
+        let pod = pod();
+        let spec = build(&inputs(&config, &image, &pod)).unwrap();
+        let volumes: Vec<String> = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|m| m.source().as_deref() == Some(Path::new("/tmp")))
+            .map(|m| m.destination().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            volumes,
+            ["/data", "/z", "/data/sub", "/data/x/../other", "/a/b/./c/"]
+        );
+        assert_eq!(destination_depth(Path::new("/")), 0);
+        assert_eq!(destination_depth(Path::new("/data/")), 1);
+        assert_eq!(destination_depth(Path::new("/a/./b/../c")), 2);
+        assert_eq!(destination_depth(Path::new("/../..")), 0);
     }
 
     #[test]

@@ -128,6 +128,14 @@ pub fn resolve_user(
         );
     }
     additional.remove(&gid);
+    // (uid_t)-1 means "leave unchanged" to the kernel's set*id calls; no process can have it.
+    if let Some(id) = [uid, gid]
+        .into_iter()
+        .chain(additional.iter().copied())
+        .find(|id| *id == u32::MAX)
+    {
+        return Err(format!("{id} is not a valid user or group id"));
+    }
     Ok(User {
         uid,
         gid,
@@ -337,6 +345,25 @@ mod tests {
         .unwrap();
         assert_eq!(u.uid, 33);
         assert!(resolve_user(&r, "nobody-here", PASSWD, GROUP).is_err());
+        for request in [
+            UserRequest {
+                run_as_user: Some(u32::MAX as i64),
+                ..Default::default()
+            },
+            UserRequest {
+                run_as_user: Some(0),
+                run_as_group: Some(u32::MAX as i64),
+                ..Default::default()
+            },
+            UserRequest {
+                supplemental_groups: &[u32::MAX as i64],
+                ..Default::default()
+            },
+        ] {
+            let reason = resolve_user(&request, "", PASSWD, GROUP).unwrap_err();
+            assert!(reason.contains("4294967295"), "{reason}");
+        }
+        assert!(resolve_user(&r, "4294967295", PASSWD, GROUP).is_err());
         assert!(resolve_user(&r, "root:nogroup", PASSWD, GROUP).is_err());
     }
 

@@ -40,6 +40,16 @@ impl fmt::Debug for Credentials {
 impl Credentials {
     /// The credentials of a CRI AuthConfig; `None` when it carries none.
     pub fn from_cri(auth: &cri::AuthConfig) -> Result<Option<Credentials>, String> {
+        for (field, token) in [
+            ("registry_token", &auth.registry_token),
+            ("identity_token", &auth.identity_token),
+        ] {
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!(
+                    "{field} has characters a token cannot carry (only visible ASCII)"
+                ));
+            }
+        }
         if !auth.registry_token.is_empty() {
             return Ok(Some(Credentials::RegistryToken(
                 auth.registry_token.clone(),
@@ -317,6 +327,19 @@ mod tests {
             ..Default::default()
         };
         assert!(Credentials::from_cri(&bad).is_err());
+        for token in ["a\0b", "two words", "line\n"] {
+            let bad = cri::AuthConfig {
+                registry_token: token.into(),
+                ..Default::default()
+            };
+            let reason = Credentials::from_cri(&bad).unwrap_err();
+            assert!(reason.contains("registry_token"), "{reason}");
+            let bad = cri::AuthConfig {
+                identity_token: token.into(),
+                ..Default::default()
+            };
+            assert!(Credentials::from_cri(&bad).is_err());
+        }
         // Debug output never shows secrets.
         let c = Credentials::Basic {
             username: "u".into(),

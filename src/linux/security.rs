@@ -11,7 +11,7 @@ use oci_spec::runtime::{Capabilities, LinuxSeccomp, PosixRlimitType, Process};
 use super::SetupError;
 use super::seccomp;
 
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Applies the process's rlimits to this process.
 pub fn set_rlimits(process: &Process) -> Result<(), SetupError> {

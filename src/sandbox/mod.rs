@@ -8,6 +8,7 @@ pub mod pod;
 pub mod port_forward;
 pub mod record;
 pub mod sysctl;
+pub mod validate;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -169,55 +170,13 @@ impl Sandboxes {
         })
     }
 
-    fn validate(config: &cri::PodSandboxConfig, runtime_handler: &str) -> Result<()> {
-        let meta = config
-            .metadata
-            .as_ref()
-            .ok_or_else(|| Error::invalid("config.metadata", "missing"))?;
-        for (field, value) in [
-            ("name", &meta.name),
-            ("namespace", &meta.namespace),
-            ("uid", &meta.uid),
-        ] {
-            if value.is_empty() {
-                return Err(Error::invalid(format!("config.metadata.{field}"), "empty"));
-            }
-        }
-        if !runtime_handler.is_empty() {
-            return Err(Error::invalid(
-                "runtime_handler",
-                format!(
-                    "{runtime_handler:?} is not a runtime handler of crius (only the default, \"\")"
-                ),
-            ));
-        }
-        let probe = SandboxRecord::new(String::new(), config.clone(), String::new(), 0);
-        probe
-            .cgroup_parent()
-            .map_err(|reason| Error::invalid("config.linux.cgroup_parent", reason))?;
-        if let Some(linux) = &config.linux {
-            let mut names: Vec<&String> = linux.sysctls.keys().collect();
-            names.sort();
-            for name in names {
-                if let Some(reason) = sysctl::refusal(name, probe.host_network(), probe.host_ipc())
-                {
-                    return Err(Error::invalid(
-                        format!("config.linux.sysctls[{name:?}]"),
-                        reason,
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// RunPodSandbox: returns the new sandbox's id once it is ready.
     pub async fn run(
         &self,
         config: cri::PodSandboxConfig,
         runtime_handler: String,
     ) -> Result<String> {
-        Self::validate(&config, &runtime_handler)?;
+        validate::pod_config(&config, &runtime_handler)?;
         let meta = config.metadata.clone().unwrap_or_default();
         let mut record = {
             let _creating = self.create_lock.lock().await;
@@ -373,10 +332,7 @@ impl Sandboxes {
             if let Ok(Some(status)) = child.try_wait() {
                 record.agent = None;
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(Error::Internal(format!(
-                    "pod agent exited ({status}): {}",
-                    log.trim()
-                )));
+                return Err(validate::agent_exit_error(status, &log));
             }
             if Instant::now() > deadline {
                 return Err(Error::Internal(format!(

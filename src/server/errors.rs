@@ -23,7 +23,7 @@ impl From<Error> for Status {
             Error::Agent { source, .. } => agent_code(source),
             Error::Store(_) | Error::Io { .. } | Error::Internal(_) => Code::Internal,
         };
-        Status::new(code, err.to_string())
+        Status::new(code, bounded(err.to_string()))
     }
 }
 
@@ -42,6 +42,23 @@ fn agent_code(error: &CallError) -> Code {
             ErrorKind::Internal | ErrorKind::Unspecified => Code::Internal,
         },
     }
+}
+
+/// The longest status message sent. It travels in an HTTP/2 header (`grpc-message`), and a
+/// message quoting a huge request field would overflow the client's header list limit: the
+/// stream would be reset instead of answered.
+const MAX_MESSAGE: usize = 4096;
+
+/// `message`, cut to [`MAX_MESSAGE`] bytes at a character boundary, saying how long it was.
+fn bounded(message: String) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return message;
+    }
+    let mut end = MAX_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &message[..end], message.len())
 }
 
 #[cfg(test)]
@@ -83,5 +100,20 @@ mod tests {
         let s: Status = Error::invalid("runtime_config.network_config.pod_cidr", "bad").into();
         assert_eq!(s.code(), Code::InvalidArgument);
         assert!(s.message().contains("pod_cidr"));
+    }
+
+    #[test]
+    fn long_messages_are_cut() {
+        let s: Status = Error::invalid("runtime_handler", "é".repeat(1 << 20)).into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(
+            s.message().len() < MAX_MESSAGE + 64,
+            "{}",
+            s.message().len()
+        );
+        assert!(s.message().starts_with("invalid runtime_handler: é"));
+        assert!(s.message().ends_with("bytes in all)"));
+        let short: Status = Error::invalid("x", "y").into();
+        assert_eq!(short.message(), "invalid x: y");
     }
 }

@@ -39,13 +39,18 @@ pub async fn start(ctx: &Context, id: &str) -> Result<cri::StartContainerRespons
     Ok(cri::StartContainerResponse {})
 }
 
-/// Any timeout a client sends (up to i64::MAX seconds) is taken; negative is none.
-pub fn timeout_secs(timeout: i64) -> Duration {
-    Duration::from_secs(u64::try_from(timeout).unwrap_or(0))
+/// Timeouts beyond this are this long: forever for a container, and a deadline that still
+/// fits in a clock reading (kubelet passes a pod's grace period, an int64, as it is).
+const LONGEST_TIMEOUT_SECS: i64 = 100 * 365 * 24 * 3600;
+
+/// A timeout in seconds from the wire: negative is zero, huge is [`LONGEST_TIMEOUT_SECS`].
+fn timeout_from_secs(secs: i64) -> Duration {
+    Duration::from_secs(secs.clamp(0, LONGEST_TIMEOUT_SECS).unsigned_abs())
 }
 
 pub async fn stop(ctx: &Context, id: &str, timeout: i64) -> Result<cri::StopContainerResponse> {
-    ctx.containers.stop(id, timeout_secs(timeout)).await?;
+    let timeout = timeout_from_secs(timeout);
+    ctx.containers.stop(id, timeout).await?;
     Ok(cri::StopContainerResponse {})
 }
 
@@ -146,7 +151,12 @@ pub async fn list(
 }
 
 pub async fn exec_sync(ctx: &Context, req: cri::ExecSyncRequest) -> Result<cri::ExecSyncResponse> {
-    let timeout = timeout_secs(req.timeout);
+    crate::container::validate::exec_command("cmd", &req.cmd)?;
+    if let Some(record) = ctx.containers.get(&req.container_id) {
+        let bundle = ctx.config.root.join("containers").join(&record.id);
+        crate::container::validate::exec_program_in(&record, &bundle, &req.cmd)?;
+    }
+    let timeout = timeout_from_secs(req.timeout);
     let (stdout, stderr, exit_code) = ctx
         .containers
         .exec_sync(&ctx.sandboxes, &req.container_id, req.cmd, timeout)
@@ -167,8 +177,26 @@ pub async fn update_resources(
     ctx: &Context,
     req: cri::UpdateContainerResourcesRequest,
 ) -> Result<cri::UpdateContainerResourcesResponse> {
+    if let Some(resources) = &req.linux {
+        crate::container::validate::resources("linux", resources)?;
+    }
     ctx.containers
         .update_resources(&req.container_id, req.linux)
         .await?;
     Ok(cri::UpdateContainerResourcesResponse {})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_timeouts_fit_a_deadline() {
+        assert_eq!(timeout_from_secs(-5), Duration::ZERO);
+        assert_eq!(timeout_from_secs(30), Duration::from_secs(30));
+        let longest = timeout_from_secs(i64::MAX);
+        assert_eq!(longest.as_secs(), LONGEST_TIMEOUT_SECS as u64);
+        assert!(std::time::Instant::now().checked_add(longest).is_some());
+        assert!(u64::try_from(longest.as_millis()).is_ok());
+    }
 }

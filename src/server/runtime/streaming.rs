@@ -22,6 +22,7 @@ pub async fn exec(ctx: &Context, req: cri::ExecRequest) -> Result<cri::ExecRespo
             format!("exec in container {}: no command given", req.container_id),
         ));
     }
+    crate::container::validate::exec_command("cmd", &req.cmd)?;
     check_stdio(req.tty, req.stdin, req.stdout, req.stderr)?;
     ctx.containers.require_running(&req.container_id)?;
     let url = issue(
