@@ -52,8 +52,10 @@ impl Drop for TestDir {
 
 impl TestDir {
     pub fn new() -> TestDir {
+        // CRIUS_E2E_KEEP=1 keeps each test's dir (daemon and agent logs) for a post-mortem.
         let tmp = tempfile::Builder::new()
             .prefix("crius-e2e-")
+            .disable_cleanup(std::env::var_os("CRIUS_E2E_KEEP").is_some())
             .tempdir_in("/tmp")
             .expect("create temp dir");
         for sub in ["root", "state", "net.d"] {

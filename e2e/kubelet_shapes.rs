@@ -401,9 +401,22 @@ fn pod_dns(kubelet: &Kubelet, pod: &PodSpec) -> cri::DnsConfig {
     }
 }
 
+/// kubelet's --cgroup-root: one of this test process's own, so the test never meets the
+/// `kubepods` of a real kubelet on this host (which kills what it finds in pod cgroups it does
+/// not know).
+fn cgroup_root() -> &'static str {
+    static ROOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| format!("crius-e2e-kubelet-{}", std::process::id()))
+}
+
 /// kubelet's pod cgroup, GetPodCgroupParent with the cgroupfs driver.
 fn pod_cgroup_parent(pod: &PodSpec) -> String {
-    format!("/kubepods/{}/pod{}", pod.qos.cgroup(), pod.uid)
+    format!(
+        "/{}/kubepods/{}/pod{}",
+        cgroup_root(),
+        pod.qos.cgroup(),
+        pod.uid
+    )
 }
 
 /// kuberuntime generatePodSandboxLinuxConfig.
@@ -817,10 +830,21 @@ impl KubeletCgroups {
     /// kubelet's QoS container manager: `kubepods`, `kubepods/burstable`, `kubepods/besteffort`.
     fn new() -> KubeletCgroups {
         let mut cgroups = KubeletCgroups { made: Vec::new() };
-        for path in ["kubepods", "kubepods/burstable", "kubepods/besteffort"] {
-            cgroups.make(path);
+        let root = cgroup_root();
+        for path in [
+            "",
+            "/kubepods",
+            "/kubepods/burstable",
+            "/kubepods/besteffort",
+        ] {
+            cgroups.make(&format!("{root}{path}"));
         }
-        cgroups.set_v1("cpu", "kubepods/besteffort", "cpu.shares", "2");
+        cgroups.set_v1(
+            "cpu",
+            &format!("{root}/kubepods/besteffort"),
+            "cpu.shares",
+            "2",
+        );
         cgroups
     }
 
@@ -1478,9 +1502,11 @@ async fn check_update_resources(
     let reported = current.resources.unwrap().linux.unwrap();
     assert_eq!(reported.cpu_quota, 80_000);
 
-    // The kernel takes no CFS quota below 1 ms.
+    // A limit the kernel refuses (the period has room for the quota, the quota not for the
+    // container's pod cgroup above it) is answered with the kernel's reason; the old limits
+    // stay.
     let mut refused = resized.clone();
-    refused.cpu_quota = 500;
+    refused.cpu_quota = 17_592_186_044_415;
     let err = rt
         .update_container_resources(cri::UpdateContainerResourcesRequest {
             container_id: p.container_id.clone(),

@@ -696,6 +696,7 @@ impl Agent {
     fn reap(&mut self, buf: &mut [u8]) {
         while let Ok(Some(_)) = self.sigchld.read_signal() {}
         let mut exited = Vec::new();
+        let mut attachers_done = Vec::new();
         loop {
             let status = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
@@ -727,16 +728,9 @@ impl Agent {
                 }
                 c.exit = Some(exit);
                 exited.push(id.clone());
-                // Their pipes close as they go: the output ends here for them.
-                for a in c.attachers.drain(..) {
-                    answer_nowait(
-                        &a.conn,
-                        &Response {
-                            exit_code,
-                            ..Default::default()
-                        },
-                    );
-                }
+                // Their pipes close as they go: the output ends here for them. They hear of
+                // the end after the daemon's watch does.
+                attachers_done.extend(c.attachers.drain(..).map(|a| (a, exit_code)));
             } else if let Some(e) = self.execs.iter_mut().find(|e| e.pid == pid) {
                 e.exit_code = Some(exit_code);
                 e.drain_until = Some(Instant::now() + EXEC_DRAIN_GRACE);
@@ -753,6 +747,15 @@ impl Agent {
         }
         for id in exited {
             self.notify(&id);
+        }
+        for (a, exit_code) in attachers_done {
+            answer_nowait(
+                &a.conn,
+                &Response {
+                    exit_code,
+                    ..Default::default()
+                },
+            );
         }
     }
 

@@ -80,13 +80,11 @@ pub enum CgroupError {
         path: String,
         reason: String,
     },
-    /// Joining failed under limits the request had just set: the kernel refused them.
-    #[error("the kernel refused the pod's limits: moving pid {pid} into cgroup {path}: {reason}")]
-    JoinRefused {
-        pid: i32,
-        path: String,
-        reason: String,
-    },
+    /// Making the pod's cgroup, or moving its processes in, failed under limits the request
+    /// had just set on the parent: the kernel refused them (ENOMEM for a memory limit too
+    /// small to hold a cgroup).
+    #[error("the kernel refused the pod's limits: {0}")]
+    LimitsRefused(Box<CgroupError>),
 }
 
 impl CgroupError {
@@ -101,7 +99,7 @@ impl CgroupError {
                 format!("{resources_field}.unified[{key}]"),
                 self.to_string(),
             ),
-            CgroupError::JoinRefused { .. } => {
+            CgroupError::LimitsRefused(_) => {
                 crate::error::Error::invalid(resources_field, self.to_string())
             }
             _ => crate::error::Error::Internal(self.to_string()),

@@ -73,18 +73,23 @@ pub fn create(
             limited = true;
         }
     }
-    let cg = new_cgroup(sandbox)?;
+    // Under limits just set from the request, a refusal from here on is the request's doing.
+    let blame = |e: CgroupError| {
+        if limited {
+            CgroupError::LimitsRefused(Box::new(e))
+        } else {
+            e
+        }
+    };
+    let cg = new_cgroup(sandbox).map_err(blame)?;
     for pid in pids {
         cg.add_task_by_tgid(CgroupPid::from(*pid as u64))
             .map_err(|e| {
-                let (pid, path, reason) = (*pid, sandbox.to_string(), e.to_string());
-                // Under limits just set from the request, a refusal here (ENOMEM for a memory
-                // limit too small to hold the cgroup itself) is the request's doing.
-                if limited {
-                    CgroupError::JoinRefused { pid, path, reason }
-                } else {
-                    CgroupError::Join { pid, path, reason }
-                }
+                blame(CgroupError::Join {
+                    pid: *pid,
+                    path: sandbox.to_string(),
+                    reason: e.to_string(),
+                })
             })?;
     }
     Ok(())

@@ -160,6 +160,10 @@ impl Containers {
         if events.is_empty() {
             return Ok(());
         }
+        if let Some(exit) = view.exit {
+            tracing::info!(container_id = %change.record.id, exit_code = exit.exit_code,
+                signal = exit.signal, oom_killed = exit.oom_killed, "container exited");
+        }
         self.save(&change.record).await?;
         for kind in events {
             self.emit(&change.record, kind);
@@ -206,6 +210,8 @@ impl Containers {
                 continue;
             }
             let exit = self.read_exit(&change.record.id);
+            tracing::info!(container_id = %change.record.id, pod_id = %pod_id, ?exit,
+                "the pod agent is gone; the container with it");
             table::mark_agent_gone(&mut change.record, exit, now_ns());
             self.save(&change.record).await?;
             self.emit(
@@ -294,6 +300,15 @@ impl Containers {
                 self.apply_agent_view(entry, view).await?;
                 return Ok(true);
             }
+        }
+    }
+
+    /// Waits (a little) until the exit the agent just reported for a container is on record.
+    pub(super) async fn await_exit_recorded(&self, id: &str) {
+        if let Some(entry) = self.table.find(id)
+            && let Err(e) = self.wait_exit(&entry, Duration::from_secs(2)).await
+        {
+            tracing::warn!(container_id = %id, error = %e, "recording an exit");
         }
     }
 

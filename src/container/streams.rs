@@ -72,7 +72,7 @@ impl Containers {
             }
         };
         let cmd = options.cmd;
-        serve(process, io, move |answer| match answer {
+        serve(process, io, async move |answer| match answer {
             Ok(exit) => ExitReport {
                 code: Some(exit.exit_code),
                 message: exec_failure_message(&cmd, exit.exit_code),
@@ -121,9 +121,13 @@ impl Containers {
                 return;
             }
         };
-        serve(process, io, |answer| match answer {
-            // The container ended: the attach is over, successfully.
-            Ok(_) => ExitReport::success(),
+        serve(process, io, async |answer| match answer {
+            // The container ended: the attach is over, successfully, once the exit is on
+            // record (a client that asks for the container's status next sees it exited).
+            Ok(_) => {
+                self.await_exit_recorded(id).await;
+                ExitReport::success()
+            }
             Err(e) => ExitReport::failed(e),
         })
         .await;
@@ -136,7 +140,7 @@ impl Containers {
 async fn serve(
     process: StreamedProcess,
     io: ExecIo,
-    report: impl FnOnce(std::result::Result<agent::proto::Response, String>) -> ExitReport,
+    report: impl AsyncFnOnce(std::result::Result<agent::proto::Response, String>) -> ExitReport,
 ) {
     let StreamedProcess {
         stdin,
@@ -188,7 +192,7 @@ async fn serve(
         answer = finished => {
             outputs.abort_all();
             inputs.abort_all();
-            let _ = done.send(report(answer));
+            let _ = done.send(report(answer).await);
         }
         _ = client_gone => {
             tracing::info!("the client left; ending the session");
