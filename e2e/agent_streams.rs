@@ -315,7 +315,11 @@ async fn attach_fans_out_hands_over_stdin_and_drops_the_slow() {
             &[
                 "sh",
                 "-c",
-                "sleep 1; head -c 3000000 /dev/zero | tr '\\0' a; echo; echo end; sleep 1000",
+                // 3 MB in 100 kB pieces, 10 ms apart: the slow attacher (which never reads)
+                // overflows its 1 MiB pipe; the fast one has 100 ms of slack even on a busy
+                // machine.
+                "sleep 1; i=0; while [ $i -lt 30 ]; do head -c 100000 /dev/zero | tr '\\0' a; \
+                 sleep 0.01; i=$((i+1)); done; echo; echo end; sleep 1000",
             ],
         ),
     )
