@@ -3,7 +3,7 @@
 
 use crius::cri;
 
-use crate::churn_driver::{Place, churn, rss_kib};
+use crate::churn_driver::{Place, churn, rss_kib, step_medians};
 use crate::containers::busybox;
 use crate::harness::Daemon;
 use crate::images::pull;
@@ -30,6 +30,9 @@ async fn churn_of_200_pods_by_20_clients_leaves_nothing() {
         rss_before,
         rss_after
     );
+    for (step, median) in step_medians(&daemon.dir.log()) {
+        eprintln!("churn: median {step}: {median:?}");
+    }
     assert!(report.errors.is_empty(), "errors: {:#?}", report.errors);
     assert_eq!(report.whole.len(), PODS);
     assert!(

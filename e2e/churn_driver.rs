@@ -227,3 +227,84 @@ pub fn rss_kib(pid: i32) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// The median of each step crius logs at debug level (the daemon's log from `log`): the pod
+/// set-up steps, the pod stop steps, and each RPC's whole duration, for the README's
+/// per-step breakdown.
+pub fn step_medians(log: &str) -> Vec<(String, Duration)> {
+    let mut steps: std::collections::BTreeMap<String, Vec<Duration>> = Default::default();
+    for line in log.lines() {
+        let fields =
+            |prefix: &str, names: &[&str], steps: &mut std::collections::BTreeMap<_, Vec<_>>| {
+                for name in names {
+                    if let Some(us) = field_us(line, name) {
+                        steps.entry(format!("{prefix}{name}")).or_default().push(us);
+                    }
+                }
+            };
+        if line.contains("pod set-up steps") {
+            let names = ["agent_us", "pins_us", "cgroup_us", "cni_add_us", "save_us"];
+            fields("RunPodSandbox: ", &names, &mut steps);
+        } else if line.contains("pod reserved") {
+            let names = ["validate_us", "lock_wait_us", "reserve_us"];
+            fields("RunPodSandbox: ", &names, &mut steps);
+        } else if line.contains("pod stopped") {
+            fields("StopPodSandbox: ", &["network_us", "agent_us"], &mut steps);
+        } else if line.contains("rpc done")
+            && let Some(method) = line
+                .split("method=\"")
+                .nth(1)
+                .and_then(|m| m.split('"').next())
+            && let Some(us) = field_us(line, "duration_us")
+        {
+            steps
+                .entry(format!("{method} (whole RPC)"))
+                .or_default()
+                .push(us);
+        }
+    }
+    steps
+        .into_iter()
+        .map(|(name, values)| (name, percentile(&values, 50)))
+        .collect()
+}
+
+/// `name=<n>` in a log line, as microseconds.
+fn field_us(line: &str, name: &str) -> Option<Duration> {
+    let value = line.split(&format!(" {name}=")).nth(1)?;
+    let digits: String = value.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok().map(Duration::from_micros)
+}
+
+/// CPU time used so far: (by the process `pid`, by the whole machine), from /proc.
+pub fn cpu_time(pid: i32) -> (Duration, Duration) {
+    let tick = Duration::from_secs(1) / 100;
+    let own = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .collect::<Vec<_>>();
+            let user: u32 = after.get(11)?.parse().ok()?;
+            let system: u32 = after.get(12)?.parse().ok()?;
+            Some(tick * (user + system))
+        })
+        .unwrap_or_default();
+    let machine = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| {
+            let cpu = stat.lines().next()?;
+            // user nice system idle iowait irq softirq steal: busy is all but idle and iowait.
+            let v: Vec<u64> = cpu
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            let busy = v.iter().sum::<u64>() - v.get(3)? - v.get(4)?;
+            Some(tick * u32::try_from(busy).ok()?)
+        })
+        .unwrap_or_default();
+    (own, machine)
+}

@@ -5,6 +5,8 @@ mod registry;
 
 mod agent_streams;
 mod churn;
+// Shared with the churn benchmark, which uses more of it.
+#[allow(dead_code)]
 mod churn_driver;
 mod containers;
 mod crash;

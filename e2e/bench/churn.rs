@@ -14,7 +14,7 @@ mod harness;
 #[allow(dead_code)]
 mod peer;
 
-use churn_driver::{ChurnReport, Place, churn, percentile, rss_kib};
+use churn_driver::{ChurnReport, Place, churn, cpu_time, percentile, rss_kib, step_medians};
 use harness::Daemon;
 use peer::timed_pull;
 
@@ -28,6 +28,22 @@ fn report(name: &str, r: &ChurnReport) {
     }
 }
 
+fn ms_per_pod(cpu: std::time::Duration) -> f64 {
+    cpu.as_secs_f64() * 1000.0 / PODS as f64
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn print_steps(what: &str, log: &str) {
+    let steps: Vec<String> = step_medians(log)
+        .into_iter()
+        .map(|(name, d)| format!("{name} {:.1}ms", d.as_secs_f64() * 1000.0))
+        .collect();
+    println!("{what}: step medians: {}", steps.join("; "));
+}
+
 #[tokio::main]
 async fn main() {
     let (registry, meta) = peer::test_images();
@@ -39,8 +55,27 @@ async fn main() {
     let place = Place::of(&daemon.dir);
     let pid = daemon.pid().as_raw();
     churn(&daemon.socket(), &place, &pause, 2, 1).await;
+    // Alone: each step's median without concurrency, for the breakdown.
+    let mark = daemon.dir.log().len();
+    churn(&daemon.socket(), &place, &pause, 20, 1).await;
+    print_steps("crius: one client", &daemon.dir.log()[mark..]);
     let before = rss_kib(pid);
+    let mark = daemon.dir.log().len();
+    let cpu_before = cpu_time(pid);
     let crius = churn(&daemon.socket(), &place, &pause, PODS, CLIENTS).await;
+    let cpu_after = cpu_time(pid);
+    println!(
+        "crius: churn: CPU per pod: the daemon {:.1}ms, the whole machine {:.1}ms ({:.0}% of {} cores busy)",
+        ms_per_pod(cpu_after.0 - cpu_before.0),
+        ms_per_pod(cpu_after.1 - cpu_before.1),
+        100.0 * (cpu_after.1 - cpu_before.1).as_secs_f64()
+            / (crius.elapsed.as_secs_f64() * cores() as f64),
+        cores()
+    );
+    print_steps(
+        &format!("crius: {CLIENTS} clients"),
+        &daemon.dir.log()[mark..],
+    );
     println!(
         "crius: churn: daemon RSS {before} KiB before, {} KiB after",
         rss_kib(pid)
@@ -52,7 +87,14 @@ async fn main() {
     timed_pull(&containerd.socket(), &pause).await;
     let place = Place::of(&net_dir);
     churn(&containerd.socket(), &place, &pause, 2, 1).await;
+    let cpu_before = cpu_time(containerd.pid().unwrap_or_default() as i32);
     let theirs = churn(&containerd.socket(), &place, &pause, PODS, CLIENTS).await;
+    let cpu_after = cpu_time(containerd.pid().unwrap_or_default() as i32);
+    println!(
+        "containerd 1.6: churn: CPU per pod: containerd {:.1}ms, the whole machine {:.1}ms",
+        ms_per_pod(cpu_after.0 - cpu_before.0),
+        ms_per_pod(cpu_after.1 - cpu_before.1),
+    );
     peer::stop_with_cni(&mut containerd, &net_dir);
     report("containerd 1.6", &theirs);
     let p50 = |v: &Vec<std::time::Duration>| percentile(v, 50).as_secs_f64();

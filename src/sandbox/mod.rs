@@ -176,10 +176,13 @@ impl Sandboxes {
         config: cri::PodSandboxConfig,
         runtime_handler: String,
     ) -> Result<String> {
+        let began = Instant::now();
         validate::pod_config(&config, &runtime_handler)?;
+        let validated = began.elapsed();
         let meta = config.metadata.clone().unwrap_or_default();
         let mut record = {
             let _creating = self.create_lock.lock().await;
+            let locked = began.elapsed();
             if let Some(holder) = self.list()?.into_iter().find(|r| {
                 let m = r.metadata();
                 (
@@ -203,6 +206,9 @@ impl Sandboxes {
             // Recorded before anything is made, so a crash half-way leaves a NOTREADY pod that
             // kubelet removes, rather than debris nobody knows about.
             self.save(&record).await?;
+            tracing::debug!(pod_id = %record.id, validate_us = validated.as_micros(),
+                lock_wait_us = (locked - validated).as_micros(),
+                reserve_us = (began.elapsed() - locked).as_micros(), "pod reserved");
             record
         };
         match self.set_up(&mut record).await {
@@ -257,24 +263,26 @@ impl Sandboxes {
         // Moving the agent into its cgroup waits on the kernel (an RCU grace period on v1)
         // and CNI ADD on the plugins: neither needs the other, so they overlap.
         let placing = self.place_in_cgroup(record, pid).await?;
+        let network_began = Instant::now();
         let attached = match record.netns.clone() {
             Some(netns) => self.attach_network(record, &netns, &hostname).await,
             None => Ok(()),
         };
+        let network = network_began.elapsed();
         let placed = placing
             .await
             .map_err(|e| Error::Internal(format!("placing the pod agent: {e}")))
             .and_then(|r| r.map_err(|e| e.into_error("config.linux.resources")));
         steps.push(started.elapsed());
         attached?;
-        placed?;
-        steps.push(started.elapsed());
+        let cgroup = placed?;
         record.state = SandboxState::Ready;
         self.save(record).await?;
         steps.push(started.elapsed());
         let us: Vec<u128> = steps.iter().map(|d| d.as_micros()).collect();
         tracing::debug!(pod_id = %record.id, agent_us = us[0], pins_us = us[1] - us[0],
-            cgroup_and_network_us = us[2] - us[1], save_us = us[4] - us[3],
+            cgroup_and_network_us = us[2] - us[1], cgroup_us = cgroup.as_micros(),
+            cni_add_us = network.as_micros(), save_us = us[3] - us[2],
             "pod set-up steps");
         tracing::info!(pod_id = %record.id, ips = ?record.ips, "pod sandbox ready");
         Ok(())
@@ -357,7 +365,7 @@ impl Sandboxes {
         &self,
         record: &mut SandboxRecord,
         pid: i32,
-    ) -> Result<tokio::task::JoinHandle<std::result::Result<(), cgroups::CgroupError>>> {
+    ) -> Result<tokio::task::JoinHandle<std::result::Result<Duration, cgroups::CgroupError>>> {
         let parent = record
             .cgroup_parent()
             .map_err(|reason| Error::invalid("config.linux.cgroup_parent", reason))?;
@@ -375,7 +383,9 @@ impl Sandboxes {
         self.save(record).await?;
         Ok(tokio::task::spawn_blocking(move || {
             let _placing = guard;
+            let began = Instant::now();
             cgroups::sandbox::create(version, &parent, &cgroup, limits.as_ref(), &pids)
+                .map(|()| began.elapsed())
         }))
     }
 
