@@ -15,7 +15,7 @@ use crius::cri::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
-use crate::containers::{Pod, busybox, container_config, remove_all, sh, start_pod};
+use crate::containers::{Pod, busybox, container_config, create, remove_all, sh, start_pod};
 use crate::harness::{Daemon, processes_mentioning};
 use crate::images::pull;
 use crate::registry::TestRegistry;
@@ -32,24 +32,6 @@ const UNTIL_STOPPED: &[&str] = &["sh", "-c", "trap 'exit 0' TERM; sleep 1000 & w
 
 /// A change made to a valid container config.
 type Edit = dyn Fn(&mut cri::ContainerConfig);
-
-async fn create(
-    daemon: &Daemon,
-    pod: &Pod,
-    config: cri::ContainerConfig,
-) -> Result<String, Status> {
-    daemon
-        .runtime()
-        .await
-        .unwrap()
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.id.clone(),
-            config: Some(config),
-            sandbox_config: Some(pod.config.clone()),
-        })
-        .await
-        .map(|r| r.into_inner().container_id)
-}
 
 async fn start(daemon: &Daemon, id: &str) -> Result<(), Status> {
     daemon
