@@ -176,6 +176,7 @@ async fn exits_reach_status_and_events_within_milliseconds() {
     assert_eq!(status.reason, "Error");
     // Pushed by the agent as it happened: no polling interval in between.
     let delay_ms = (stopped.created_at - status.finished_at) as f64 / 1e6;
+    eprintln!("the STOPPED event came {delay_ms:.2} ms after the exit");
     assert!(
         (0.0..100.0).contains(&delay_ms),
         "the STOPPED event came {delay_ms} ms after the exit"
