@@ -10,8 +10,9 @@ use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
 use super::controllers::CgroupFs;
 use super::{CGROUP_ROOT, CgroupError, CgroupVersion, resources};
 
-/// Creates the cgroup with the container's limits; on v1 the devices controller gets the
-/// spec's rules (deny all, then the allowed devices).
+/// Creates the cgroup with the container's limits and the spec's device rules (deny all, then
+/// the allowed devices): on v1 in the devices controller, on v2 as an eBPF program attached
+/// to the cgroup.
 pub fn create(
     version: CgroupVersion,
     path: &str,
@@ -26,8 +27,10 @@ pub fn create(
     if let Some(limits) = limits {
         resources::write_limits(&fs, path, limits)?;
     }
-    if version == CgroupVersion::V1 {
-        write_device_rules(&fs, path, device_rules)?;
+    match version {
+        CgroupVersion::V1 => write_device_rules(&fs, path, device_rules)?,
+        CgroupVersion::V2 => super::devices::attach(&fs.dir("", path), device_rules)
+            .map_err(|e| CgroupError::DeviceFilter(path.to_string(), e))?,
     }
     Ok(())
 }

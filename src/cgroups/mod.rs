@@ -5,6 +5,7 @@
 
 pub mod container;
 pub mod controllers;
+pub mod devices;
 pub mod resources;
 pub mod sandbox;
 pub mod stats;
@@ -74,6 +75,8 @@ pub enum CgroupError {
         path: String,
         source: std::io::Error,
     },
+    #[error("device rules of cgroup {0}: {1}")]
+    DeviceFilter(String, devices::DeviceFilterError),
     #[error("moving pid {pid} into cgroup {path}: {reason}")]
     Join {
         pid: i32,
