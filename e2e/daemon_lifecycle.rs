@@ -39,8 +39,8 @@ fn config_errors_exit_2_naming_the_key_and_value() {
         ),
         (
             "invalid value",
-            "cgroup_driver = \"systemd\"",
-            vec!["cgroup_driver", "systemd"],
+            "cgroup_driver = \"systemdd\"",
+            vec!["cgroup_driver", "systemdd"],
         ),
         (
             "invalid mirror",

@@ -76,11 +76,13 @@ pub enum LogFormat {
     Json,
 }
 
-/// Only cgroupfs is built; the systemd driver needs systemd as PID 1 and is refused until it is.
+/// How pods' and containers' cgroups are made: directories crius names (cgroupfs), or
+/// transient systemd units (systemd, which needs systemd as PID 1 and its system bus).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CgroupDriver {
     Cgroupfs,
+    Systemd,
 }
 
 /// The whole configuration as the file spells it. Paths are absolute after [`Config::validate`].
@@ -499,10 +501,10 @@ mod tests {
         assert!(e.contains("log_level") && e.contains("loud"), "{e}");
         let e = parse("root = \"relative\"").unwrap_err().to_string();
         assert!(e.contains("root") && e.contains("relative"), "{e}");
-        let e = parse("cgroup_driver = \"systemd\"")
+        let e = parse("cgroup_driver = \"systemdd\"")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("systemd"), "{e}");
+        assert!(e.contains("systemdd"), "{e}");
         let e = parse("[streaming]\naddress = \"nope\"")
             .unwrap_err()
             .to_string();

@@ -113,8 +113,30 @@ pub fn pid_init() -> Result<Pid, AgentError> {
     }
 }
 
+/// A container's first process, forked, not yet known to have exec'd: what the agent keeps to
+/// finish starting it.
+pub struct Forked {
+    pub pid: Pid,
+    error_read: OwnedFd,
+    /// With `hold`: writing a byte lets the process go on.
+    release: Option<OwnedFd>,
+    out: Option<OwnedFd>,
+    err: Option<OwnedFd>,
+    /// With a tty: our side of the socket the terminal's master comes over.
+    console: Option<OwnedFd>,
+    stdin_keep: Option<OwnedFd>,
+    tty: bool,
+    stdin: bool,
+}
+
 /// Starts a container's first process from its bundle.
 pub fn container(start: &StartContainer) -> Result<Started, AgentError> {
+    finish(fork_container(start)?)
+}
+
+/// Forks a container's first process. With `start.hold` it waits, before doing anything, for
+/// `finish` to let it go on.
+pub fn fork_container(start: &StartContainer) -> Result<Forked, AgentError> {
     let (stdin_child, stdin_keep) = if start.stdin {
         let (r, w) = pipe()?;
         (r, Some(w))
@@ -132,11 +154,66 @@ pub fn container(start: &StartContainer) -> Result<Started, AgentError> {
         (out_w, err_w, Some(out_r), Some(err_r), None)
     };
     let (error_read, error_write) = pipe()?;
+    let (release_read, release_write) = if start.hold {
+        let (r, w) = pipe()?;
+        (Some(r), Some(w))
+    } else {
+        (None, None)
+    };
     let mut flags = CloneFlags::CLONE_NEWNS;
     flags.set(CloneFlags::CLONE_NEWPID, start.new_pid_ns);
-    // A new PID namespace can only be made from the one a process is in: when our children
-    // otherwise go into the pod's namespace, step back to ours for this clone.
-    let restore = if start.new_pid_ns {
+    let pid = fork_in_pid_namespace(flags, start.new_pid_ns)?;
+    if pid.as_raw() == 0 {
+        drop((error_read, release_write));
+        if let Some(release) = release_read {
+            await_release(&error_write, release);
+        }
+        let setup = ContainerSetup {
+            bundle: Path::new(&start.bundle),
+            cgroup_procs: &start.cgroup_procs,
+            layers_dir: Path::new(&start.layers_dir),
+            overlay_options: &start.overlay_options,
+        };
+        let stdio = Stdio {
+            stdin: stdin_child,
+            stdout: child_out,
+            stderr: child_err,
+            tty: false,
+        };
+        let console = console.map(|(_, theirs)| ConsoleSocket(theirs));
+        let Err(error) = init::container(&setup, stdio, console);
+        fail_child(&error_write, &error);
+    }
+    drop((error_write, child_out, child_err, stdin_child, release_read));
+    Ok(Forked {
+        pid,
+        error_read,
+        release: release_write,
+        out,
+        err,
+        console: console.map(|(ours, _theirs)| ours),
+        stdin_keep,
+        tty: start.tty,
+        stdin: start.stdin,
+    })
+}
+
+/// In a held child: blocks until the agent lets it go on; ends it if the agent never does.
+fn await_release(error_pipe: &OwnedFd, release: OwnedFd) {
+    let mut byte = [0u8; 1];
+    match nix::unistd::read(&release, &mut byte) {
+        Ok(1) => {}
+        _ => fail_child(
+            error_pipe,
+            &SetupError::from("the container was never released".to_string()),
+        ),
+    }
+}
+
+/// clone(2) with `flags`; a new PID namespace is made from the agent's own (its children
+/// otherwise go into the pod's), so the agent steps back to its own for the clone.
+fn fork_in_pid_namespace(flags: CloneFlags, new_pid_ns: bool) -> Result<Pid, AgentError> {
+    let restore = if new_pid_ns {
         let children = std::fs::File::open("/proc/self/ns/pid_for_children")
             .map_err(AgentError::at_io("opening our pid namespace"))?;
         let own = std::fs::File::open("/proc/self/ns/pid")
@@ -154,32 +231,28 @@ pub fn container(start: &StartContainer) -> Result<Started, AgentError> {
     {
         eprintln!("crius pod-agent: returning to the pod's pid namespace: {e}");
     }
-    let pid = forked?;
-    if pid.as_raw() == 0 {
-        drop(error_read);
-        let setup = ContainerSetup {
-            bundle: Path::new(&start.bundle),
-            cgroup_procs: &start.cgroup_procs,
-            layers_dir: Path::new(&start.layers_dir),
-            overlay_options: &start.overlay_options,
-        };
-        let stdio = Stdio {
-            stdin: stdin_child,
-            stdout: child_out,
-            stderr: child_err,
-            tty: false,
-        };
-        let console = console.map(|(_, theirs)| ConsoleSocket(theirs));
-        let Err(error) = init::container(&setup, stdio, console);
-        fail_child(&error_write, &error);
+    forked
+}
+
+/// Lets a held process go on, then waits until it has exec'd (or failed).
+pub fn finish(forked: Forked) -> Result<Started, AgentError> {
+    let Forked {
+        pid,
+        error_read,
+        release,
+        out,
+        err,
+        console,
+        stdin_keep,
+        tty,
+        stdin,
+    } = forked;
+    if let Some(release) = release {
+        nix::unistd::write(&release, b"go").map_err(AgentError::at("releasing the container"))?;
     }
-    drop((error_write, child_out, child_err, stdin_child));
     let out = match (out, console) {
         (Some(out), _) => Some(out),
-        (None, Some((ours, theirs))) => {
-            drop(theirs);
-            receive_terminal(&ours)
-        }
+        (None, Some(ours)) => receive_terminal(&ours),
         (None, None) => None,
     };
     await_exec(pid, error_read)?;
@@ -189,8 +262,8 @@ pub fn container(start: &StartContainer) -> Result<Started, AgentError> {
         nonblocking(e)?;
     }
     // With a tty, the master is the way in as well.
-    let stdin = match (start.tty, stdin_keep) {
-        (true, _) if start.stdin => Some(out.try_clone().map_err(AgentError::at_io("dup"))?),
+    let stdin = match (tty, stdin_keep) {
+        (true, _) if stdin => Some(out.try_clone().map_err(AgentError::at_io("dup"))?),
         (_, keep) => keep,
     };
     Ok(Started {

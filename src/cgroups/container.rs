@@ -23,6 +23,17 @@ pub fn create(
         path: path.to_string(),
         reason: e.to_string(),
     })?;
+    apply(version, path, limits, device_rules)
+}
+
+/// Writes the container's limits and device rules to its existing cgroup (made by us, or a
+/// systemd scope delegated to us).
+pub fn apply(
+    version: CgroupVersion,
+    path: &str,
+    limits: Option<&cri::LinuxContainerResources>,
+    device_rules: &[LinuxDeviceCgroup],
+) -> Result<(), CgroupError> {
     let fs = CgroupFs::host(version);
     if let Some(limits) = limits {
         resources::write_limits(&fs, path, limits)?;

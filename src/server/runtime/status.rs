@@ -84,7 +84,10 @@ pub fn status(ctx: &Context, verbose: bool) -> Result<cri::StatusResponse> {
 pub fn runtime_config() -> cri::RuntimeConfigResponse {
     cri::RuntimeConfigResponse {
         linux: Some(cri::LinuxRuntimeConfiguration {
-            cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
+            cgroup_driver: match crate::cgroups::driver_kind() {
+                crate::cgroups::DriverKind::Cgroupfs => cri::CgroupDriver::Cgroupfs,
+                crate::cgroups::DriverKind::Systemd => cri::CgroupDriver::Systemd,
+            } as i32,
         }),
     }
 }
