@@ -427,3 +427,36 @@ fn check_reports_the_host_and_fails_without_cni_plugins() {
     assert!(out.contains("[FAIL] CNI plugin loopback"), "{out}");
     assert_eq!(status.signal(), None);
 }
+
+#[test]
+fn check_reports_the_cgroup_version_and_driver() {
+    let dir = TestDir::new();
+    let good = dir.write_config("good.toml", "");
+    let (status, out, _) = run_crius(&["check", "--config", good.to_str().unwrap()]);
+    assert!(status.success(), "{out}");
+    assert!(out.contains("[ ok ] cgroup version: v"), "{out}");
+    assert!(out.contains("[ ok ] cgroup driver: cgroupfs"), "{out}");
+    if std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").is_ok() {
+        assert!(
+            out.contains("cgroup.subtree_control of /sys/fs/cgroup"),
+            "{out}"
+        );
+    }
+    assert!(!out.contains("D-Bus"), "{out}");
+
+    // The daemon refuses the systemd driver: check says so and still checks the rest.
+    let systemd = dir.write_config("systemd.toml", "cgroup_driver = \"systemd\"\n");
+    let (status, _, err) = run_crius(&["daemon", "--config", systemd.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    let (status, out, err) = run_crius(&["check", "--config", systemd.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(1), "{out}\n{err}");
+    for needle in [
+        "[ ok ] cgroup driver: systemd",
+        "[FAIL] systemd driver: requested but not supported by this build",
+        "systemd as PID 1: ",
+        "D-Bus system bus: ",
+        "CNI plugin loopback",
+    ] {
+        assert!(out.contains(needle), "{needle:?} not in:\n{out}");
+    }
+}

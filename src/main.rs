@@ -155,11 +155,13 @@ fn main() -> ExitCode {
             }
         }
         Command::Check(args) => {
-            let (config, _) = match args.load() {
-                Ok(loaded) => loaded,
+            let checked = match args.files().and_then(|files| {
+                crius::check::load(&files, &args.overrides()).map_err(config_error)
+            }) {
+                Ok(c) => c,
                 Err(code) => return code,
             };
-            if crius::check::report(&crius::check::run(&config)) {
+            if crius::check::report(&crius::check::run(&checked)) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
