@@ -6,7 +6,7 @@ mod systemd;
 use std::path::Path;
 
 use crate::cgroups::{self, CGROUP_ROOT, CgroupVersion};
-use crate::config::{CgroupDriver, Config, ConfigError, ConfigFiles, Overrides};
+use crate::config::{Config, ConfigError, ConfigFiles, Overrides};
 use crate::network;
 
 /// The driver name the systemd checks apply to.
@@ -18,35 +18,16 @@ pub struct CheckConfig {
     pub config: Config,
     /// The cgroup driver the configuration asks for.
     pub driver: String,
-    /// Why the daemon would refuse that driver, when it would.
-    pub refused: Option<String>,
 }
 
 /// Loads the configuration as the daemon does. A systemd driver the daemon refuses is not a
 /// configuration error here but a finding: the rest is checked with the default driver.
 pub fn load(files: &ConfigFiles, overrides: &Overrides) -> Result<CheckConfig, ConfigError> {
-    let error = match files.config(overrides) {
-        Ok(config) => {
-            return Ok(CheckConfig {
-                driver: config.cgroup_driver.as_str().to_string(),
-                config,
-                refused: None,
-            });
-        }
-        Err(e) => e,
-    };
-    if files.requested(CgroupDriver::KEY) != Some(SYSTEMD) {
-        return Err(error);
-    }
-    // Only the driver is refused when the files are valid without it.
-    match files.clone().without(CgroupDriver::KEY)?.config(overrides) {
-        Ok(config) => Ok(CheckConfig {
-            config,
-            driver: SYSTEMD.to_string(),
-            refused: Some(error.to_string()),
-        }),
-        Err(_) => Err(error),
-    }
+    let config = files.config(overrides)?;
+    Ok(CheckConfig {
+        driver: config.cgroup_driver.as_str().to_string(),
+        config,
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,13 +238,6 @@ fn check_cgroup_driver(checked: &CheckConfig) -> Vec<Finding> {
     if checked.driver != SYSTEMD {
         return out;
     }
-    if checked.refused.is_some() {
-        out.push(finding(
-            Level::Fail,
-            "systemd driver",
-            "requested but not supported by this build",
-        ));
-    }
     out.push(systemd::check_pid1());
     out.push(systemd::check_system_bus());
     out
@@ -420,7 +394,6 @@ mod tests {
         let (_dir, f) = files("");
         let checked = load(&f, &Overrides::default()).unwrap();
         assert_eq!(checked.driver, "cgroupfs");
-        assert!(checked.refused.is_none());
         let out = check_cgroup_driver(&checked);
         assert_eq!(out.len(), 1);
         assert_eq!(
@@ -431,22 +404,14 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_systemd_driver_is_a_finding_not_a_config_error() {
+    fn the_systemd_driver_checks_pid1_and_the_bus() {
         let (_dir, f) = files("cgroup_driver = \"systemd\"\nlog_level = \"debug\"\n");
         let checked = load(&f, &Overrides::default()).unwrap();
         assert_eq!(checked.driver, "systemd");
-        assert!(checked.refused.is_some());
-        assert_eq!(checked.config.log_level, crate::config::LogLevel::Debug);
         let out = check_cgroup_driver(&checked);
-        let refused = out.iter().find(|f| f.what == "systemd driver").unwrap();
-        assert_eq!(refused.level, Level::Fail);
-        assert_eq!(refused.detail, "requested but not supported by this build");
         for what in ["systemd as PID 1", "D-Bus system bus"] {
             assert!(out.iter().any(|f| f.what == what), "{what}: {out:?}");
         }
-        // Any other error still is a configuration error.
-        let (_dir, f) = files("cgroup_driver = \"systemd\"\nrooot = \"/x\"\n");
-        assert!(load(&f, &Overrides::default()).is_err());
         let (_dir, f) = files("cgroup_driver = \"sistemd\"\n");
         let e = load(&f, &Overrides::default()).unwrap_err().to_string();
         assert!(e.contains("sistemd"), "{e}");

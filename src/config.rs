@@ -141,6 +141,7 @@ impl CgroupDriver {
     pub fn as_str(self) -> &'static str {
         match self {
             CgroupDriver::Cgroupfs => "cgroupfs",
+            CgroupDriver::Systemd => "systemd",
         }
     }
 }

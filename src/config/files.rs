@@ -80,25 +80,6 @@ impl ConfigFiles {
         self.files.iter().map(|f| f.path.as_path()).collect()
     }
 
-    /// What the files ask for a top-level string key, unchecked: the last file's that sets it.
-    pub fn requested(&self, key: &str) -> Option<&str> {
-        self.files
-            .iter()
-            .rev()
-            .find_map(|f| f.table.get(key))
-            .and_then(toml::Value::as_str)
-    }
-
-    /// The same files with a top-level `key` removed from each, so that it takes its default.
-    pub fn without(mut self, key: &str) -> Result<ConfigFiles, ConfigError> {
-        for file in &mut self.files {
-            if file.table.remove(key).is_some() {
-                file.text = toml::to_string(&file.table).map_err(|e| parse_error(&file.path, e))?;
-            }
-        }
-        Ok(self)
-    }
-
     /// The effective configuration: the files merged in order, then the flags, validated.
     pub fn config(&self, overrides: &Overrides) -> Result<Config, ConfigError> {
         let mut merged = toml::Table::new();
@@ -524,22 +505,6 @@ mod tests {
             Path::new("./config.d")
         );
         assert_eq!(drop_in_dir(Path::new("a/b.toml")), Path::new("a/config.d"));
-    }
-
-    #[test]
-    fn a_requested_key_can_be_dropped_to_its_default() {
-        let f = Files::new("cgroup_driver = \"cgroupfs\"\nlog_level = \"debug\"\n");
-        f.drop_in("10.toml", "cgroup_driver = \"systemd\"\n");
-        let files = ConfigFiles::read(&f.main(), true).unwrap();
-        assert_eq!(files.requested("cgroup_driver"), Some("systemd"));
-        assert!(files.config(&Overrides::default()).is_err());
-        let c = files
-            .without("cgroup_driver")
-            .unwrap()
-            .config(&Overrides::default())
-            .unwrap();
-        assert_eq!(c.cgroup_driver.as_str(), "cgroupfs");
-        assert_eq!(c.log_level, LogLevel::Debug);
     }
 
     #[test]
