@@ -62,6 +62,57 @@ fn fork_into(flags: CloneFlags) -> Result<Pid, AgentError> {
     }
 }
 
+/// `struct clone_args` of clone3(2) (include/uapi/linux/sched.h), as far as `cgroup`.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// CLONE_INTO_CGROUP (Linux 5.7): the child starts in the cgroup v2 directory `cgroup` names.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// fork into a cgroup v2 directory at once (no migration afterwards), with namespace flags.
+/// None when the kernel cannot (clone3 or CLONE_INTO_CGROUP unknown, or refused): the caller
+/// forks as usual and the child joins by writing cgroup.procs.
+fn fork_into_cgroup(flags: CloneFlags, cgroup: &OwnedFd) -> Option<Result<Pid, AgentError>> {
+    let args = CloneArgs {
+        flags: flags.bits() as u64 | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..Default::default()
+    };
+    // SAFETY: as for fork_into: the agent is single-threaded and, with no stack given, the
+    // child continues on a copy-on-write copy of this stack as after fork. `args` is a valid
+    // clone_args of the size passed, and the cgroup descriptor it names is open.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match rc {
+        -1 => match nix::errno::Errno::last() {
+            nix::errno::Errno::ENOSYS | nix::errno::Errno::EINVAL | nix::errno::Errno::E2BIG => {
+                None
+            }
+            e => Some(Err(AgentError::at("clone3")(e))),
+        },
+        pid => Some(Ok(Pid::from_raw(pid as i32))),
+    }
+}
+
 /// In the child: report `error` to the agent (its errno as 4 bytes, little-endian, 0 for none,
 /// then the message) and exit without running any destructor or atexit handler of the agent's.
 fn fail_child(error_pipe: &OwnedFd, error: &SetupError) -> ! {
@@ -162,7 +213,15 @@ pub fn fork_container(start: &StartContainer) -> Result<Forked, AgentError> {
     };
     let mut flags = CloneFlags::CLONE_NEWNS;
     flags.set(CloneFlags::CLONE_NEWPID, start.new_pid_ns);
-    let pid = fork_in_pid_namespace(flags, start.new_pid_ns)?;
+    // On cgroup v2 the process is made in its cgroup, rather than moved there after.
+    let cgroup = (!start.cgroup_dir.is_empty())
+        .then(|| {
+            std::fs::File::open(&start.cgroup_dir)
+                .map(OwnedFd::from)
+                .ok()
+        })
+        .flatten();
+    let (pid, in_cgroup) = fork_in_pid_namespace(flags, start.new_pid_ns, cgroup.as_ref())?;
     if pid.as_raw() == 0 {
         drop((error_read, release_write));
         if let Some(release) = release_read {
@@ -170,7 +229,7 @@ pub fn fork_container(start: &StartContainer) -> Result<Forked, AgentError> {
         }
         let setup = ContainerSetup {
             bundle: Path::new(&start.bundle),
-            cgroup_procs: &start.cgroup_procs,
+            cgroup_procs: if in_cgroup { &[] } else { &start.cgroup_procs },
             layers_dir: Path::new(&start.layers_dir),
             overlay_options: &start.overlay_options,
         };
@@ -210,9 +269,14 @@ fn await_release(error_pipe: &OwnedFd, release: OwnedFd) {
     }
 }
 
-/// clone(2) with `flags`; a new PID namespace is made from the agent's own (its children
-/// otherwise go into the pod's), so the agent steps back to its own for the clone.
-fn fork_in_pid_namespace(flags: CloneFlags, new_pid_ns: bool) -> Result<Pid, AgentError> {
+/// clone(2) with `flags` (into `cgroup` when given and the kernel can: then true); a new PID
+/// namespace is made from the agent's own (its children otherwise go into the pod's), so the
+/// agent steps back to its own for the clone.
+fn fork_in_pid_namespace(
+    flags: CloneFlags,
+    new_pid_ns: bool,
+    cgroup: Option<&OwnedFd>,
+) -> Result<(Pid, bool), AgentError> {
     let restore = if new_pid_ns {
         let children = std::fs::File::open("/proc/self/ns/pid_for_children")
             .map_err(AgentError::at_io("opening our pid namespace"))?;
@@ -224,9 +288,12 @@ fn fork_in_pid_namespace(flags: CloneFlags, new_pid_ns: bool) -> Result<Pid, Age
     } else {
         None
     };
-    let forked = fork_into(flags);
+    let forked = match cgroup.and_then(|cg| fork_into_cgroup(flags, cg)) {
+        Some(forked) => forked.map(|pid| (pid, true)),
+        None => fork_into(flags).map(|pid| (pid, false)),
+    };
     if let Some(children) = restore
-        && !matches!(&forked, Ok(pid) if pid.as_raw() == 0)
+        && !matches!(&forked, Ok((pid, _)) if pid.as_raw() == 0)
         && let Err(e) = nix::sched::setns(&children, CloneFlags::CLONE_NEWPID)
     {
         eprintln!("crius pod-agent: returning to the pod's pid namespace: {e}");

@@ -118,8 +118,9 @@ impl Containers {
         slice: &str,
     ) -> Result<std::result::Result<proto::Response, crate::agent::client::CallError>> {
         request.hold = true;
-        // systemd moves it into the scope.
+        // systemd moves it into the scope (which does not exist yet).
         request.cgroup_procs.clear();
+        request.cgroup_dir.clear();
         let held = match agent::client::start(socket, request).await {
             Ok(held) => held,
             Err(e) => return Ok(Err(e)),
@@ -206,6 +207,15 @@ impl Containers {
             stdin: record.config.stdin,
             stdin_once: record.config.stdin_once,
             hold: false,
+            cgroup_dir: match self.cgroup_version {
+                crate::cgroups::CgroupVersion::V2 => {
+                    std::path::Path::new(crate::cgroups::CGROUP_ROOT)
+                        .join(&record.cgroup)
+                        .to_string_lossy()
+                        .into_owned()
+                }
+                crate::cgroups::CgroupVersion::V1 => String::new(),
+            },
         })
     }
 
