@@ -66,11 +66,11 @@ pub fn status(ctx: &Context, verbose: bool) -> Result<cri::StatusResponse> {
             conditions: vec![runtime_ready, network_ready],
         }),
         info,
-        // The default handler; recursive read-only mounts and user namespaces come later.
+        // The default handler; user namespaces come later.
         runtime_handlers: vec![cri::RuntimeHandler {
             name: String::new(),
             features: Some(cri::RuntimeHandlerFeatures {
-                recursive_read_only_mounts: false,
+                recursive_read_only_mounts: crate::linux::rootfs::supports_recursive_read_only(),
                 user_namespaces: false,
             }),
         }],
