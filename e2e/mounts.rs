@@ -60,6 +60,10 @@ async fn recursive_read_only_mounts_reach_every_submount() {
         .into_inner();
     let features = status.runtime_handlers[0].features.unwrap();
     assert!(features.recursive_read_only_mounts, "advertised");
+    assert!(
+        status.features.unwrap().supplemental_groups_policy,
+        "advertised"
+    );
 
     let host = DirWithSubmount::new(daemon.dir.path());
     let pod = start_pod(&daemon, "rro", |_| {}).await;
@@ -71,7 +75,10 @@ async fn recursive_read_only_mounts_reach_every_submount() {
     let id = run(&daemon, &pod, config).await;
     // A plain read-only bind leaves the submount writable; a recursive one does not.
     let (_, code) = sh(&daemon, &id, "touch /ro/sub/a").await;
-    assert_eq!(code, 0, "the submount of a plain read-only bind stays writable");
+    assert_eq!(
+        code, 0,
+        "the submount of a plain read-only bind stays writable"
+    );
     let (out, code) = sh(&daemon, &id, "touch /rro/sub/b 2>&1; echo $?").await;
     assert!(out.contains("Read-only file system"), "{out} ({code})");
     let (_, code) = sh(&daemon, &id, "touch /rro/top").await;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::signal::Signal;
 
-use super::record::{self, ContainerRecord, ContainerState};
+use super::record::{self, ContainerRecord, ContainerState, ProcessUser};
 use super::{Containers, oci, spec};
 use crate::cgroups;
 use crate::clock::now_ns;
@@ -111,6 +111,7 @@ impl Containers {
             stop_signal: record::parse_signal(&image.record.config.config.stop_signal)
                 .unwrap_or(Signal::SIGTERM as i32),
             new_pid_ns,
+            user: ProcessUser::of_spec(&spec),
         };
         let entry = self.reserve(record.clone()).await?;
         drop(leased);
@@ -174,6 +175,8 @@ impl Containers {
                 run_as_username: &security.run_as_username,
                 run_as_group: security.run_as_group.as_ref().map(|v| v.value),
                 supplemental_groups: &security.supplemental_groups,
+                strict_groups: security.supplemental_groups_policy
+                    == cri::SupplementalGroupsPolicy::Strict as i32,
             },
             &image.user,
             &passwd,

@@ -87,7 +87,13 @@ pub fn status_of(record: &ContainerRecord) -> cri::ContainerStatus {
             linux: l.resources.clone(),
             windows: None,
         }),
-        user: None,
+        user: record.user.as_ref().map(|u| cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid: u.uid.into(),
+                gid: u.gid.into(),
+                supplemental_groups: u.groups.iter().map(|&g| g.into()).collect(),
+            }),
+        }),
         // RUNTIME_DEFAULT until stop signals are reported.
         stop_signal: 0,
     }

@@ -75,7 +75,7 @@ pub fn status(ctx: &Context, verbose: bool) -> Result<cri::StatusResponse> {
             }),
         }],
         features: Some(cri::RuntimeFeatures {
-            supplemental_groups_policy: false,
+            supplemental_groups_policy: true,
             user_namespaces_host_network: false,
         }),
     })
