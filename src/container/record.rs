@@ -85,6 +85,21 @@ impl ProcessUser {
             groups: user.additional_gids().clone().unwrap_or_default(),
         })
     }
+
+    /// The ids a running process really has, from /proc/<pid>/status (real uid and gid, and
+    /// its supplementary groups).
+    pub fn of_process(pid: i32) -> Option<ProcessUser> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| -> Option<Vec<u32>> {
+            let line = status.lines().find_map(|l| l.strip_prefix(name))?;
+            line.split_whitespace().map(|n| n.parse().ok()).collect()
+        };
+        Some(ProcessUser {
+            uid: *field("Uid:")?.first()?,
+            gid: *field("Gid:")?.first()?,
+            groups: field("Groups:")?,
+        })
+    }
 }
 
 impl ContainerRecord {
