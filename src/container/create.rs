@@ -58,24 +58,38 @@ impl Containers {
                 id: image_name.clone(),
             })?;
         let image = &leased.image;
-        super::validate::create_request(
-            &config,
-            &pod,
-            &image.record.config.config,
-            &leased.layer_dirs,
-        )?;
         let id = crate::sandbox::new_id()?;
-        let (spec, new_pid_ns) = self.build_spec(
-            sandboxes,
+        // Image volumes are mounted first: the spec binds them like any volume.
+        let (image_volumes, for_spec) = self.mount_image_volumes(&id, &config).await?;
+        let built = super::validate::create_request(
+            &for_spec,
             &pod,
-            &config,
             &image.record.config.config,
-            &id,
             &leased.layer_dirs,
-        )?;
-        let cgroup_parent = pod
-            .cgroup_parent()
-            .map_err(|reason| Error::invalid("sandbox_config.linux.cgroup_parent", reason))?;
+        )
+        .and_then(|()| {
+            self.build_spec(
+                sandboxes,
+                &pod,
+                &for_spec,
+                &image.record.config.config,
+                &id,
+                &leased.layer_dirs,
+            )
+        })
+        .and_then(|built| {
+            let parent = pod
+                .cgroup_parent()
+                .map_err(|reason| Error::invalid("sandbox_config.linux.cgroup_parent", reason))?;
+            Ok((built, parent))
+        });
+        let ((spec, new_pid_ns), cgroup_parent) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                self.unmount_image_volumes(&id, &image_volumes);
+                return Err(e);
+            }
+        };
         let log_path = {
             let dir = &pod.config.log_directory;
             (!dir.is_empty() && !config.log_path.is_empty())
@@ -112,8 +126,15 @@ impl Containers {
                 .unwrap_or(Signal::SIGTERM as i32),
             new_pid_ns,
             user: ProcessUser::of_spec(&spec),
+            image_volumes,
         };
-        let entry = self.reserve(record.clone()).await?;
+        let entry = match self.reserve(record.clone()).await {
+            Ok(entry) => entry,
+            Err(e) => {
+                self.unmount_image_volumes(&id, &record.image_volumes);
+                return Err(e);
+            }
+        };
         drop(leased);
         // Nobody else can know the id yet; the lock keeps it so until the bundle is made.
         let _op = entry.op.lock().await;

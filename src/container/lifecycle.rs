@@ -442,6 +442,7 @@ impl Containers {
                 .map_err(|e| Error::Internal(e.to_string()))?;
         }
         tokio::task::block_in_place(|| cgroups::remove_cgroup(&cgroup)).map_err(Error::Internal)?;
+        self.unmount_image_volumes(&record.id, &record.image_volumes);
         for dir in [self.bundle(&record.id), self.exits_dir.join(&record.id)] {
             match std::fs::remove_dir_all(&dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

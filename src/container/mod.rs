@@ -6,6 +6,7 @@
 //! while the daemon was down.
 
 mod create;
+pub mod image_volumes;
 mod lifecycle;
 pub mod oci;
 pub mod record;
@@ -35,6 +36,8 @@ pub struct Containers {
     images: Arc<Images>,
     /// `<root>/containers`: bundles, upper and work dirs.
     bundles_dir: PathBuf,
+    /// Where image volumes are mounted on the host (image_volumes.rs).
+    image_volumes_root: PathBuf,
     /// `<state>/containers`: exit files.
     exits_dir: PathBuf,
     cgroup_version: CgroupVersion,
@@ -93,6 +96,7 @@ impl Containers {
             store,
             images,
             bundles_dir: root.join("containers"),
+            image_volumes_root: root.join("image-volumes"),
             exits_dir: state_dir.join("containers"),
             cgroup_version,
             driver,
@@ -104,6 +108,7 @@ impl Containers {
         for (_, json) in containers.store.list_records(Table::Containers)? {
             containers.table.insert(parse(&json)?);
         }
+        containers.sweep_image_volumes();
         Ok(containers)
     }
 
@@ -185,7 +190,9 @@ impl Containers {
     pub fn chain_ids_in_use(store: &Store) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for (_, json) in store.list_records(Table::Containers)? {
-            out.extend(parse(&json)?.chain_ids);
+            let record = parse(&json)?;
+            out.extend(record.chain_ids);
+            out.extend(record.image_volumes.into_iter().flat_map(|v| v.chain_ids));
         }
         Ok(out)
     }

@@ -66,6 +66,9 @@ pub struct ContainerRecord {
     /// The user its first process was given (uid, gid, supplementary groups).
     #[serde(default)]
     pub user: Option<ProcessUser>,
+    /// Images mounted as volumes (Mount.image), kept mounted until the container is removed.
+    #[serde(default)]
+    pub image_volumes: Vec<super::image_volumes::ImageVolume>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +170,7 @@ pub(crate) fn test_record(state: ContainerState) -> ContainerRecord {
         stop_signal: 15,
         new_pid_ns: true,
         user: None,
+        image_volumes: vec![],
     }
 }
 

@@ -119,6 +119,16 @@ impl ImageApi {
 
     async fn remove(&self, req: cri::RemoveImageRequest) -> Result<cri::RemoveImageResponse> {
         let name = require_name(&req.image)?;
+        if let Some(image) = self.ctx.images.lookup(name)?
+            && let Some(user) = self
+                .ctx
+                .containers
+                .image_volume_user(&image.record.id.to_string())
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "image {name} is mounted as a volume by container {user}: remove the container first"
+            )));
+        }
         self.ctx.images.remove(name).await?;
         Ok(cri::RemoveImageResponse {})
     }
