@@ -104,3 +104,120 @@ async fn recursive_read_only_mounts_reach_every_submount() {
     }
     remove_all(&daemon, &pod).await;
 }
+
+fn image_volume(image: &str, path: &str, sub_path: &str) -> cri::Mount {
+    cri::Mount {
+        container_path: path.into(),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        image_sub_path: sub_path.into(),
+        ..Default::default()
+    }
+}
+
+fn mounts_under(dir: &std::path::Path) -> Vec<String> {
+    let dir = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .filter(|point| point.starts_with(&dir))
+        .collect()
+}
+
+/// Image volumes (KEP-4639): a multi-layer image (whiteouts, an opaque dir, a symlink) and a
+/// one-layer image mounted read-only, whole or by sub path; bad sub paths and unknown images
+/// refused with nothing left mounted; the image kept while a container mounts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_mount_as_read_only_volumes_with_sub_paths() {
+    let daemon = Daemon::start("").await;
+    daemon.dir.write_bridge_cni_config();
+    let reg = crate::registry::TestRegistry::get();
+    let layers = reg.image("layers").reference.clone();
+    pull(&daemon, &busybox()).await.unwrap();
+    pull(&daemon, &layers).await.unwrap();
+    let volumes_root = daemon.dir.root().join("image-volumes");
+    let pod = start_pod(&daemon, "image-volumes", |_| {}).await;
+
+    let mut config = container_config("reader", &["sleep", "1000"]);
+    config.mounts = vec![
+        image_volume(&layers, "/vol", ""),
+        image_volume(&layers, "/sub", "to-data"),
+        image_volume(&busybox(), "/bb", "bin"),
+    ];
+    let id = run(&daemon, &pod, config).await;
+    let (out, _) = sh(
+        &daemon,
+        &id,
+        "cat /vol/data/b; ls /vol/data /vol/opaque | tr '\\n' ' '; echo; cat /sub; \
+         test -x /bb/busybox && echo busybox; touch /vol/x 2>&1 || true",
+    )
+    .await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "b", "{out}");
+    assert!(
+        lines[1].contains("/vol/data: b") || lines[1].starts_with("/vol/data:"),
+        "{out}"
+    );
+    assert!(
+        !lines[1].contains(" a "),
+        "the whiteout hides data/a: {out}"
+    );
+    assert!(
+        lines[1].ends_with("z "),
+        "the opaque dir holds only z: {out}"
+    );
+    assert_eq!(
+        lines[2], "b",
+        "the sub path follows its symlink inside the image: {out}"
+    );
+    assert_eq!(lines[3], "busybox", "{out}");
+    assert!(lines[4].contains("Read-only file system"), "{out}");
+    assert_eq!(mounts_under(&volumes_root).len(), 3);
+
+    // Removing a mounted image is refused; the container keeps it.
+    let err = crate::images::remove(&daemon, &layers).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains(&id), "{}", err.message());
+
+    // Bad sub paths and unknown images: refused, nothing mounted or created.
+    let before = mounts_under(&volumes_root).len();
+    for (sub, image, code) in [
+        ("missing", layers.as_str(), Code::InvalidArgument),
+        ("../etc", layers.as_str(), Code::InvalidArgument),
+        ("/etc", layers.as_str(), Code::InvalidArgument),
+        ("", "127.0.0.1:1/not/pulled:latest", Code::NotFound),
+    ] {
+        let mut config = container_config("bad", &["true"]);
+        config.mounts = vec![
+            image_volume(&busybox(), "/ok", ""),
+            image_volume(image, "/v", sub),
+        ];
+        let err = create(&daemon, &pod, config).await.unwrap_err();
+        assert_eq!(err.code(), code, "{sub:?}: {err:?}");
+        if code == Code::InvalidArgument {
+            assert!(
+                err.message().contains("mounts[1].image_sub_path"),
+                "{}",
+                err.message()
+            );
+        }
+        assert_eq!(
+            mounts_under(&volumes_root).len(),
+            before,
+            "{sub:?} left a mount"
+        );
+    }
+
+    remove_all(&daemon, &pod).await;
+    assert!(mounts_under(&volumes_root).is_empty());
+    assert_eq!(
+        std::fs::read_dir(&volumes_root)
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
+    crate::images::remove(&daemon, &layers).await.unwrap();
+}
