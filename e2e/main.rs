@@ -21,5 +21,6 @@ mod runtime_info;
 mod sandbox;
 mod seccomp;
 mod stats;
+mod stop_signals;
 mod stream_client;
 mod streaming;

@@ -267,6 +267,12 @@ def build_all(plain, authed):
                      [(busybox, "gzip"), (Layer().file("corrupt-me", "0123456789" * 100).raw(), "gzip")])
     record("corrupt", "crius-test/corrupt", "latest", img)
 
+    # An image whose StopSignal is SIGUSR1 (StopContainer sends it unless the config names one).
+    img = push_image(plain, "crius-test/stopsignal", ["latest"], [(busybox, "gzip")],
+                     config={"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                             "Cmd": ["sh"], "StopSignal": "SIGUSR1"})
+    record("stopsignal", "crius-test/stopsignal", "latest", img)
+
     # A pause image for peers that need one (the pod benchmark runs containerd): sleeps forever.
     img = push_image(plain, "crius-test/pause", ["latest"], [(busybox, "gzip")], fmt=DOCKER,
                      config={"Entrypoint": ["/bin/sleep", "2147483647"]})

@@ -3,9 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use nix::sys::signal::Signal;
-
-use super::record::{self, ContainerRecord, ContainerState};
+use super::record::{ContainerRecord, ContainerState};
 use super::{Containers, oci, spec};
 use crate::cgroups;
 use crate::clock::now_ns;
@@ -108,8 +106,11 @@ impl Containers {
             process: None,
             cgroup: cgroups::cgroup_of(&cgroup_parent, &id),
             log_path,
-            stop_signal: record::parse_signal(&image.record.config.config.stop_signal)
-                .unwrap_or(Signal::SIGTERM as i32),
+            stop_signal: super::stop_signal::choose(
+                config.stop_signal,
+                &image.record.config.config.stop_signal,
+            )
+            .map_err(|reason| Error::invalid("config.stop_signal", reason))?,
             new_pid_ns,
         };
         let entry = self.reserve(record.clone()).await?;

@@ -12,6 +12,7 @@ pub mod record;
 mod running;
 pub mod spec;
 mod stats;
+pub mod stop_signal;
 pub mod streams;
 pub mod table;
 pub mod validate;

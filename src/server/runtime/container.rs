@@ -88,8 +88,8 @@ pub fn status_of(record: &ContainerRecord) -> cri::ContainerStatus {
             windows: None,
         }),
         user: None,
-        // RUNTIME_DEFAULT until stop signals are reported.
-        stop_signal: 0,
+        stop_signal: crate::container::stop_signal::reported(config.stop_signal, record.stop_signal)
+            as i32,
     }
 }
 
