@@ -217,6 +217,9 @@ def build_all(plain, authed):
     # Docker schema 2, one gzip layer; two extra tags of the same image.
     img = push_image(plain, "crius-test/busybox", ["latest", "v1", "v2"], [(busybox, "gzip")], fmt=DOCKER)
     record("busybox", "crius-test/busybox", "latest", img)
+    # The very same image (same config, same id) in another repository.
+    img = push_image(plain, "crius-test/busybox-copy", ["latest"], [(busybox, "gzip")], fmt=DOCKER)
+    record("busybox_copy", "crius-test/busybox-copy", "latest", img)
     # OCI manifest, same content but an OCI config media type: a different image id.
     img = push_image(plain, "crius-test/busybox-oci", ["latest"], [(busybox, "gzip")],
                      config={"Cmd": ["sh"], "User": "1002"})
