@@ -122,7 +122,17 @@ pub async fn status(
 }
 
 pub fn list(ctx: &Context, req: cri::ListPodSandboxRequest) -> Result<cri::ListPodSandboxResponse> {
-    let filter = req.filter.unwrap_or_default();
+    Ok(cri::ListPodSandboxResponse {
+        items: matching(ctx, req.filter)?,
+    })
+}
+
+/// The pods the filter selects (ListPodSandbox, StreamPodSandboxes).
+pub fn matching(
+    ctx: &Context,
+    filter: Option<cri::PodSandboxFilter>,
+) -> Result<Vec<cri::PodSandbox>> {
+    let filter = filter.unwrap_or_default();
     let items = ctx
         .sandboxes
         .list()?
@@ -140,5 +150,5 @@ pub fn list(ctx: &Context, req: cri::ListPodSandboxRequest) -> Result<cri::ListP
             runtime_handler: r.runtime_handler.clone(),
         })
         .collect();
-    Ok(cri::ListPodSandboxResponse { items })
+    Ok(items)
 }

@@ -25,13 +25,21 @@ pub async fn list_containers(
     ctx: &Context,
     req: cri::ListContainerStatsRequest,
 ) -> Result<cri::ListContainerStatsResponse> {
-    let filter = req.filter.unwrap_or_default();
+    Ok(cri::ListContainerStatsResponse {
+        stats: containers_matching(ctx, req.filter),
+    })
+}
+
+/// Stats of the containers the filter selects (ListContainerStats, StreamContainerStats).
+pub fn containers_matching(
+    ctx: &Context,
+    filter: Option<cri::ContainerStatsFilter>,
+) -> Vec<cri::ContainerStats> {
+    let filter = filter.unwrap_or_default();
     let records =
         ctx.containers
             .list_matching(&filter.id, &filter.pod_sandbox_id, &filter.label_selector);
-    let stats =
-        tokio::task::block_in_place(|| records.iter().map(|r| ctx.containers.stats(r)).collect());
-    Ok(cri::ListContainerStatsResponse { stats })
+    tokio::task::block_in_place(|| records.iter().map(|r| ctx.containers.stats(r)).collect())
 }
 
 /// The pod's usage: its agent's cgroup plus its containers', its interfaces' counters.
@@ -183,7 +191,17 @@ pub async fn list_pods(
     ctx: &Context,
     req: cri::ListPodSandboxStatsRequest,
 ) -> Result<cri::ListPodSandboxStatsResponse> {
-    let filter = req.filter.unwrap_or_default();
+    Ok(cri::ListPodSandboxStatsResponse {
+        stats: pods_matching(ctx, req.filter).await?,
+    })
+}
+
+/// Stats of the pods the filter selects (ListPodSandboxStats, StreamPodSandboxStats).
+pub async fn pods_matching(
+    ctx: &Context,
+    filter: Option<cri::PodSandboxStatsFilter>,
+) -> Result<Vec<cri::PodSandboxStats>> {
+    let filter = filter.unwrap_or_default();
     // One pass over the containers for all pods: kubelet polls this for every pod at once.
     let containers = ctx.containers.list();
     let mut stats = Vec::new();
@@ -194,7 +212,7 @@ pub async fn list_pods(
             stats.push(pod_stats(ctx, &pod, &containers).await?);
         }
     }
-    Ok(cri::ListPodSandboxStatsResponse { stats })
+    Ok(stats)
 }
 
 #[cfg(test)]
