@@ -677,18 +677,44 @@ async fn security_context_users_caps_readonly_masks_and_seccomp() {
     assert_eq!(lines[0], "written", "{out}");
     assert_eq!(lines[1].parse::<i32>().unwrap(), own.max(-999), "{out}");
 
-    // Users and groups: by uid, by name, with supplemental groups.
-    let mut c = sleeper();
-    c.metadata.as_mut().unwrap().name = "user".into();
-    security(&mut c).run_as_user = Some(cri::Int64Value { value: 33 });
-    security(&mut c).supplemental_groups = vec![1234];
-    let user = run(&daemon, &pod, c).await;
-    let (out, _) = sh(&daemon, &user, "id -u; id -g; id -G").await;
-    assert_eq!(
-        out.lines().collect::<Vec<_>>(),
-        ["33", "33", "33 1234"],
-        "{out}"
-    );
+    // Users and groups: by uid, by name, with supplemental groups; the image's /etc/group
+    // makes www-data a member of staff (50), which Merge keeps and Strict leaves out.
+    for (name, policy, groups) in [
+        (
+            "user",
+            cri::SupplementalGroupsPolicy::Merge,
+            vec![33, 50, 1234],
+        ),
+        (
+            "strict",
+            cri::SupplementalGroupsPolicy::Strict,
+            vec![33, 1234],
+        ),
+    ] {
+        let mut c = sleeper();
+        c.metadata.as_mut().unwrap().name = name.into();
+        security(&mut c).run_as_user = Some(cri::Int64Value { value: 33 });
+        security(&mut c).supplemental_groups = vec![1234];
+        security(&mut c).supplemental_groups_policy = policy as i32;
+        let user = run(&daemon, &pod, c).await;
+        let (out, _) = sh(&daemon, &user, "id -u; id -g; id -G").await;
+        let listed = groups.iter().map(|g| g.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            out.lines().collect::<Vec<_>>(),
+            ["33", "33", listed.join(" ").as_str()],
+            "{name}: {out}"
+        );
+        let reported = state(&daemon, &user).await.user.and_then(|u| u.linux);
+        assert_eq!(
+            reported,
+            Some(cri::LinuxContainerUser {
+                uid: 33,
+                gid: 33,
+                supplemental_groups: groups,
+            }),
+            "{name}"
+        );
+    }
     let mut c = sleeper();
     c.metadata.as_mut().unwrap().name = "named".into();
     security(&mut c).run_as_username = "nobody".into();

@@ -114,7 +114,7 @@ def busybox_layer():
             l.hardlink("bin/" + a, "bin/busybox", mode=0o755)
     l.file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/bin/false\n"
                          "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
-    l.file("etc/group", "root:x:0:\nwww-data:x:33:\nnogroup:x:65534:\n")
+    l.file("etc/group", "root:x:0:\nstaff:x:50:www-data\nwww-data:x:33:\nnogroup:x:65534:\n")
     return l.raw()
 
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::record::{ContainerRecord, ContainerState};
+use super::record::{ContainerRecord, ContainerState, ProcessUser};
 use super::{Containers, oci, spec};
 use crate::cgroups;
 use crate::clock::now_ns;
@@ -102,6 +102,7 @@ impl Containers {
             )
             .map_err(|reason| Error::invalid("config.stop_signal", reason))?,
             new_pid_ns,
+            user: ProcessUser::of_spec(&spec),
         };
         let entry = self.reserve(record.clone()).await?;
         drop(leased);
@@ -165,6 +166,8 @@ impl Containers {
                 run_as_username: &security.run_as_username,
                 run_as_group: security.run_as_group.as_ref().map(|v| v.value),
                 supplemental_groups: &security.supplemental_groups,
+                strict_groups: security.supplemental_groups_policy
+                    == cri::SupplementalGroupsPolicy::Strict as i32,
             },
             &image.user,
             &passwd,

@@ -65,6 +65,43 @@ pub struct ContainerRecord {
     pub stop_signal: i32,
     /// The container has a PID namespace of its own.
     pub new_pid_ns: bool,
+    /// The user its first process was given (uid, gid, supplementary groups).
+    #[serde(default)]
+    pub user: Option<ProcessUser>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl ProcessUser {
+    /// The user the spec gives the container's first process.
+    pub fn of_spec(spec: &oci_spec::runtime::Spec) -> Option<ProcessUser> {
+        let user = spec.process().as_ref()?.user();
+        Some(ProcessUser {
+            uid: user.uid(),
+            gid: user.gid(),
+            groups: user.additional_gids().clone().unwrap_or_default(),
+        })
+    }
+
+    /// The ids a running process really has, from /proc/<pid>/status (real uid and gid, and
+    /// its supplementary groups).
+    pub fn of_process(pid: i32) -> Option<ProcessUser> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| -> Option<Vec<u32>> {
+            let line = status.lines().find_map(|l| l.strip_prefix(name))?;
+            line.split_whitespace().map(|n| n.parse().ok()).collect()
+        };
+        Some(ProcessUser {
+            uid: *field("Uid:")?.first()?,
+            gid: *field("Gid:")?.first()?,
+            groups: field("Groups:")?,
+        })
+    }
 }
 
 impl ContainerRecord {
@@ -115,6 +152,7 @@ pub(crate) fn test_record(state: ContainerState) -> ContainerRecord {
         log_path: None,
         stop_signal: 15,
         new_pid_ns: true,
+        user: None,
     }
 }
 

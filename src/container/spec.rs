@@ -52,6 +52,8 @@ pub struct UserRequest<'a> {
     pub run_as_username: &'a str,
     pub run_as_group: Option<i64>,
     pub supplemental_groups: &'a [i64],
+    /// SupplementalGroupsPolicy Strict: the image's /etc/group memberships are not added.
+    pub strict_groups: bool,
 }
 
 /// Resolves the user against the image's /etc/passwd and /etc/group contents. The pod's
@@ -115,7 +117,7 @@ pub fn resolve_user(
         };
     }
     let mut additional: BTreeSet<u32> = BTreeSet::new();
-    if let Some(name) = &name {
+    if let Some(name) = name.as_ref().filter(|_| !request.strict_groups) {
         additional.extend(
             group_entries(group)
                 .filter(|(_, _, members)| members.iter().any(|m| m == name))
@@ -136,10 +138,13 @@ pub fn resolve_user(
     {
         return Err(format!("{id} is not a valid user or group id"));
     }
+    additional.remove(&gid);
+    // The primary group is a supplementary group too, first, as containerd and Docker set it
+    // (so `id -G` and ContainerStatus.user list it).
     Ok(User {
         uid,
         gid,
-        additional_gids: additional.into_iter().collect(),
+        additional_gids: std::iter::once(gid).chain(additional).collect(),
     })
 }
 
@@ -318,8 +323,21 @@ mod tests {
         .unwrap();
         assert_eq!(
             (u.uid, u.gid, u.additional_gids.clone()),
-            (1000, 1000, vec![1234, 50000])
+            (1000, 1000, vec![1000, 1234, 50000])
         );
+        // Strict: only the pod's groups, none from the image's /etc/group.
+        let u = resolve_user(
+            &UserRequest {
+                supplemental_groups: &[1234],
+                strict_groups: true,
+                ..Default::default()
+            },
+            "1000",
+            PASSWD,
+            GROUP,
+        )
+        .unwrap();
+        assert_eq!(u.additional_gids, vec![1000, 1234]);
         // The pod's settings win over the image's.
         let u = resolve_user(
             &UserRequest {

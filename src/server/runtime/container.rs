@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::cri;
 
-use crate::container::record::ContainerRecord;
+use crate::container::record::{ContainerRecord, ProcessUser};
 use crate::context::Context;
 use crate::error::{Error, Result};
 
@@ -87,10 +87,27 @@ pub fn status_of(record: &ContainerRecord) -> cri::ContainerStatus {
             linux: l.resources.clone(),
             windows: None,
         }),
-        user: None,
+        user: user_of(record),
         stop_signal: crate::container::stop_signal::reported(config.stop_signal, record.stop_signal)
             as i32,
     }
+}
+
+/// The ids the container's process really has while it runs (read from /proc, the process
+/// checked by its start time), else those it was given.
+fn user_of(record: &ContainerRecord) -> Option<cri::ContainerUser> {
+    let running = record
+        .process
+        .filter(|p| crate::sandbox::record::start_time(p.pid) == Some(p.start_time))
+        .and_then(|p| ProcessUser::of_process(p.pid));
+    let user = running.or_else(|| record.user.clone())?;
+    Some(cri::ContainerUser {
+        linux: Some(cri::LinuxContainerUser {
+            uid: user.uid.into(),
+            gid: user.gid.into(),
+            supplemental_groups: user.groups.iter().map(|&g| g.into()).collect(),
+        }),
+    })
 }
 
 pub async fn status(

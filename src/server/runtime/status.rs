@@ -66,16 +66,16 @@ pub fn status(ctx: &Context, verbose: bool) -> Result<cri::StatusResponse> {
             conditions: vec![runtime_ready, network_ready],
         }),
         info,
-        // The default handler; recursive read-only mounts and user namespaces come later.
+        // The default handler; user namespaces come later.
         runtime_handlers: vec![cri::RuntimeHandler {
             name: String::new(),
             features: Some(cri::RuntimeHandlerFeatures {
-                recursive_read_only_mounts: false,
+                recursive_read_only_mounts: crate::linux::rootfs::supports_recursive_read_only(),
                 user_namespaces: false,
             }),
         }],
         features: Some(cri::RuntimeFeatures {
-            supplemental_groups_policy: false,
+            supplemental_groups_policy: true,
             user_namespaces_host_network: false,
         }),
     })
