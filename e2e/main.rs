@@ -18,6 +18,7 @@ mod images;
 mod kubelet_shapes;
 mod lifecycle;
 mod mounts;
+mod pod_resize;
 mod runtime_info;
 mod sandbox;
 mod seccomp;

@@ -415,13 +415,20 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         .await
     }
 
-    // Best effort for kubelet (a failure does not block a resize); kubelet has already
-    // written the pod-level cgroup.
+    // In-place pod resize: kubelet calls it once it has resized the pod's cgroup (see
+    // sandbox/resize.rs for which cgroups crius writes).
     async fn update_pod_sandbox_resources(
         &self,
-        _request: Request<cri::UpdatePodSandboxResourcesRequest>,
+        request: Request<cri::UpdatePodSandboxResourcesRequest>,
     ) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
-        rpc::unimplemented("UpdatePodSandboxResources").await
+        let req = request.into_inner();
+        let id = req.pod_sandbox_id.clone();
+        rpc::handle(
+            "UpdatePodSandboxResources",
+            Ids::pod(&id),
+            sandbox::update_resources(&self.ctx, req),
+        )
+        .await
     }
 
     async fn get_container_events(
