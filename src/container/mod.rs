@@ -11,7 +11,7 @@ pub mod oci;
 pub mod record;
 mod running;
 pub mod spec;
-mod stats;
+pub mod stats;
 pub mod stop_signal;
 pub mod streams;
 pub mod table;

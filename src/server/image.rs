@@ -122,22 +122,31 @@ impl ImageApi {
         Ok(cri::RemoveImageResponse {})
     }
 
+    /// The image layers' filesystem, and the containers' writable layers' (their upper dirs
+    /// under `<root>/containers`, as ContainerStats.writable_layer names it).
     fn fs_info(&self) -> Result<cri::ImageFsInfoResponse> {
         let (used_bytes, inodes_used) = self.ctx.images.usage()?;
+        let (containers_dir, layer_bytes, layer_inodes) =
+            tokio::task::block_in_place(|| self.ctx.containers.writable_layers_usage());
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)
             .unwrap_or_default();
+        let usage = |mountpoint: &std::path::Path, bytes, inodes| cri::FilesystemUsage {
+            timestamp,
+            fs_id: Some(cri::FilesystemIdentifier {
+                mountpoint: mountpoint.display().to_string(),
+            }),
+            used_bytes: Some(cri::UInt64Value { value: bytes }),
+            inodes_used: Some(cri::UInt64Value { value: inodes }),
+        };
         Ok(cri::ImageFsInfoResponse {
-            image_filesystems: vec![cri::FilesystemUsage {
-                timestamp,
-                fs_id: Some(cri::FilesystemIdentifier {
-                    mountpoint: self.ctx.images.snapshots_dir().display().to_string(),
-                }),
-                used_bytes: Some(cri::UInt64Value { value: used_bytes }),
-                inodes_used: Some(cri::UInt64Value { value: inodes_used }),
-            }],
-            container_filesystems: vec![],
+            image_filesystems: vec![usage(
+                self.ctx.images.snapshots_dir(),
+                used_bytes,
+                inodes_used,
+            )],
+            container_filesystems: vec![usage(&containers_dir, layer_bytes, layer_inodes)],
         })
     }
 }
