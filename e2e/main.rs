@@ -17,6 +17,7 @@ mod hostile_input;
 mod images;
 mod kubelet_shapes;
 mod lifecycle;
+mod list_streams;
 mod mounts;
 mod pod_resize;
 mod runtime_info;
