@@ -94,7 +94,7 @@ fn assert_no_pod_state(daemon: &Daemon) {
     }
     let agents: Vec<_> = processes_mentioning(&daemon.dir.path().display().to_string())
         .into_iter()
-        .filter(|(_, cmd)| cmd.contains("pod-agent"))
+        .filter(|(_, cmd)| cmd.contains("crius-agent"))
         .collect();
     assert!(agents.is_empty(), "pod agents left: {agents:?}");
 }

@@ -3,6 +3,7 @@
 mod harness;
 mod registry;
 
+mod agent_binary;
 mod agent_streams;
 mod churn;
 // Shared with the churn benchmark, which uses more of it.

@@ -459,7 +459,7 @@ async fn a_failing_network_undoes_everything() {
     }
     let agents: Vec<_> = processes_mentioning(&daemon.dir.path().display().to_string())
         .into_iter()
-        .filter(|(_, cmd)| cmd.contains("pod-agent"))
+        .filter(|(_, cmd)| cmd.contains("crius-agent"))
         .collect();
     assert!(agents.is_empty(), "{agents:?}");
 }

@@ -2,7 +2,7 @@
 # The main job: on a fresh Debian 12 machine (as root) install what crius needs, build it, and
 # start the daemon on the default socket, unix:///run/crius/crius.sock.
 #
-#   hack/run.sh               build, install /usr/local/bin/crius, start in the background
+#   hack/run.sh               build, install /usr/local/bin/crius and crius-agent, start in the background
 #   hack/run.sh --foreground  the same, but run the daemon in this terminal
 #   hack/run.sh stop          stop the daemon this script started
 #
@@ -37,6 +37,7 @@ bash hack/install-deps.sh
 command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --locked
 install -m 0755 target/release/crius /usr/local/bin/crius
+install -m 0755 target/release/crius-agent /usr/local/bin/crius-agent
 
 mkdir -p /etc/cni/net.d
 if ! ls /etc/cni/net.d/*.conf /etc/cni/net.d/*.conflist /etc/cni/net.d/*.json >/dev/null 2>&1; then

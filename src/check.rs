@@ -81,6 +81,7 @@ pub fn run(checked: &CheckConfig) -> Vec<Finding> {
         out.push(finding(level, format!("{ns} namespace"), path));
     }
 
+    out.push(check_agent_binary(config));
     out.push(check_overlay());
     out.extend(check_cgroups());
     out.extend(check_cgroup_driver(checked));
@@ -95,6 +96,15 @@ pub fn run(checked: &CheckConfig) -> Vec<Finding> {
         iptables.unwrap_or("not found in /usr/sbin, /sbin or /usr/bin"),
     ));
     out
+}
+
+/// The pod agent binary: found, sealed and of this daemon's version, as the daemon checks it.
+fn check_agent_binary(config: &crate::config::Config) -> Finding {
+    use crate::sandbox::agent_binary::AgentBinary;
+    match AgentBinary::load(config.agent_path.as_deref()) {
+        Ok(_) => finding(Level::Ok, "pod agent binary", crate::agent::VERSION_LINE),
+        Err(e) => finding(Level::Fail, "pod agent binary", e.to_string()),
+    }
 }
 
 fn check_overlay() -> Finding {

@@ -159,6 +159,8 @@ pub struct Config {
     pub log_level: LogLevel,
     pub log_format: LogFormat,
     pub cgroup_driver: CgroupDriver,
+    /// The pod agent binary; none: `crius-agent` next to the daemon's own binary.
+    pub agent_path: Option<PathBuf>,
     /// How long SIGTERM waits for in-flight RPCs before the daemon exits anyway, in seconds.
     pub shutdown_timeout_secs: u64,
     pub cni: CniConfig,
@@ -226,6 +228,7 @@ impl Default for Config {
             log_level: LogLevel::Info,
             log_format: LogFormat::Text,
             cgroup_driver: CgroupDriver::Cgroupfs,
+            agent_path: None,
             shutdown_timeout_secs: 10,
             cni: CniConfig::default(),
             streaming: StreamingConfig::default(),

@@ -17,6 +17,7 @@ use crate::context::Context;
 use crate::image::Images;
 use crate::lockfile::{LockError, LockFile};
 use crate::sandbox::Sandboxes;
+use crate::sandbox::agent_binary::AgentBinary;
 use crate::server;
 use crate::server::authority::AuthorityFix;
 use crate::server::runtime::streaming::StreamBackend;
@@ -35,6 +36,8 @@ pub enum DaemonError {
     Sandboxes(crate::error::Error),
     #[error("containers: {0}")]
     Containers(crate::error::Error),
+    #[error(transparent)]
+    AgentBinary(#[from] crate::sandbox::agent_binary::AgentBinaryError),
     #[error("the systemd cgroup driver: {0}")]
     Systemd(#[from] crate::cgroups::systemd::SystemdError),
     #[error("{context}: {source}")]
@@ -83,12 +86,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     );
     let driver = cgroup_driver(&config, cgroups.version).await?;
     let shutdown_timeout = config.shutdown_timeout();
+    let agent = AgentBinary::load(config.agent_path.as_deref())?;
     let sandboxes = Sandboxes::new(
         store.clone(),
         &config.state,
         config.cni.clone(),
         cgroups.version,
         driver.clone(),
+        agent,
     )
     .map_err(DaemonError::Sandboxes)?;
     let containers = Containers::load(

@@ -1,5 +1,5 @@
-//! The `crius` command: `crius daemon` serves CRI; `crius check` checks the host;
-//! `crius pod-agent` is what the daemon runs for each pod.
+//! The `crius` command: `crius daemon` serves CRI; `crius check` checks the host. The pod agent
+//! is a binary of its own, `crius-agent` (src/agent_main.rs).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,24 +25,6 @@ enum Command {
     Daemon(ConfigArgs),
     /// Check that this host has what the runtime needs.
     Check(ConfigArgs),
-    /// A pod's agent; started by the daemon, not by hand.
-    #[command(hide = true)]
-    PodAgent(PodAgentArgs),
-}
-
-#[derive(Args)]
-struct PodAgentArgs {
-    #[arg(long)]
-    socket: PathBuf,
-    #[arg(long)]
-    hostname: Option<String>,
-    #[arg(long)]
-    loopback: bool,
-    #[arg(long)]
-    pid_init: bool,
-    /// name=value, repeated
-    #[arg(long = "sysctl")]
-    sysctls: Vec<String>,
 }
 
 #[derive(Args)]
@@ -128,28 +110,6 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "crius daemon failed");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::PodAgent(args) => {
-            let sysctls = args
-                .sysctls
-                .iter()
-                .filter_map(|s| s.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            let agent = crius::agent::process::AgentArgs {
-                socket: args.socket,
-                hostname: args.hostname,
-                loopback: args.loopback,
-                sysctls,
-                pid_init: args.pid_init,
-            };
-            match crius::agent::process::run(agent) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("crius pod-agent: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -1,5 +1,5 @@
 //! The pod agent: one small process per pod that holds the pod's namespaces (and later is the
-//! parent of its containers). The daemon starts it as `crius pod-agent` and talks to it over a
+//! parent of its containers). The daemon starts it from the `crius-agent` binary (src/agent_main.rs) and talks to it over a
 //! unix socket with the messages of proto/agent.proto, each framed by a 4-byte big-endian
 //! length.
 
@@ -16,6 +16,12 @@ pub mod trim;
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/crius.agent.v1.rs"));
 }
+
+/// The version of the agent protocol (proto/agent.proto). Raise it with any change an agent
+/// of the previous version would not understand.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// What `crius-agent --version` prints; the daemon refuses an agent binary that says otherwise.
+pub const VERSION_LINE: &str = concat!("crius-agent ", env!("CARGO_PKG_VERSION"), " protocol 1");
 
 /// The largest request the agent reads: an ExecSync command at the kernel's argument limit
 /// fits many times over; a larger frame is a protocol error, not an allocation.

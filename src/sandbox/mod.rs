@@ -3,6 +3,7 @@
 //! resolv.conf and /dev/shm. The store is the source of truth; every create path undoes what it
 //! did when a later step fails.
 
+pub mod agent_binary;
 pub mod files;
 pub mod pod;
 pub mod port_forward;
@@ -36,8 +37,8 @@ pub struct Sandboxes {
     cgroup_version: CgroupVersion,
     state_dir: PathBuf,
     cni: CniConfig,
-    /// This binary, re-executed as `crius pod-agent`.
-    exe: PathBuf,
+    /// The sealed pod agent binary every agent is executed from.
+    agent: agent_binary::AgentBinary,
     /// Name reservation happens under it: two pods never share a name.
     create_lock: Arc<tokio::sync::Mutex<()>>,
     /// Pods being placed in their cgroups hold it shared (they may create parents); removal of
@@ -77,14 +78,14 @@ impl Sandboxes {
         cni: CniConfig,
         cgroup_version: CgroupVersion,
         driver: cgroups::Driver,
+        agent: agent_binary::AgentBinary,
     ) -> Result<Sandboxes> {
-        let exe = std::env::current_exe().map_err(io_error("finding the crius binary"))?;
         Ok(Sandboxes {
             store,
             cgroup_version,
             state_dir: state_dir.to_path_buf(),
             cni,
-            exe,
+            agent,
             create_lock: Arc::new(tokio::sync::Mutex::new(())),
             parents_lock: Arc::new(tokio::sync::RwLock::new(())),
             pod_locks: std::sync::Mutex::new(HashMap::new()),
@@ -323,7 +324,7 @@ impl Sandboxes {
         }
         let log_path = self.pod_dir(&record.id).join("agent.log");
         let log = std::fs::File::create(&log_path).map_err(io_error("creating the agent log"))?;
-        let mut child = pod::spawn_agent(&self.exe, &args, own, log)
+        let mut child = pod::spawn_agent(&self.agent.exec_path(), &args, own, log)
             .map_err(io_error("starting the pod agent"))?;
         let pid = child.id().unwrap_or_default() as i32;
         record.agent = record::start_time(pid).map(|start_time| AgentProcess { pid, start_time });

@@ -27,7 +27,8 @@ impl OwnNamespaces {
     }
 }
 
-/// Starts `crius pod-agent` in its own session and in new namespaces as asked.
+/// Starts the pod agent (`exe`: the sealed crius-agent) in its own session and in new
+/// namespaces as asked.
 pub fn spawn_agent(
     exe: &Path,
     args: &[String],
@@ -36,7 +37,7 @@ pub fn spawn_agent(
 ) -> std::io::Result<tokio::process::Child> {
     let mut command = std::process::Command::new(exe);
     command
-        .arg("pod-agent")
+        .arg0(super::agent_binary::AGENT_FILE_NAME)
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
