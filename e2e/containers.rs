@@ -243,7 +243,7 @@ fn log_entries(path: &Path) -> Vec<(String, String, String)> {
         .collect()
 }
 
-async fn wait_for_log(path: &Path, needle: &str) {
+pub async fn wait_for_log(path: &Path, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !std::fs::read_to_string(path)
         .unwrap_or_default()

@@ -740,8 +740,7 @@ fn acceptable(rpc: &str, status: &Status) -> Result<(), String> {
             | Code::AlreadyExists
             | Code::ResourceExhausted
             | Code::OutOfRange
-    ) || (status.code() == Code::Unimplemented
-        && matches!(rpc, "CheckpointContainer" | "UpdatePodSandboxResources"));
+    ) || (status.code() == Code::Unimplemented && rpc == "CheckpointContainer");
     if !allowed {
         return Err(format!("{:?}", status.code()));
     }

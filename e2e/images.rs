@@ -539,44 +539,162 @@ async fn docker_config_json_serves_registries_the_request_does_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn removing_one_of_several_names_keeps_the_image() {
+async fn removing_an_image_by_any_name_removes_all_its_names() {
     let reg = TestRegistry::get();
     let bb = reg.image("busybox");
+    let copy = reg.image("busybox_copy");
+    assert_eq!(bb.id, copy.id, "the copy is the same image");
     let daemon = Daemon::start("").await;
-    let tags: Vec<String> = ["latest", "v1", "v2"]
+    let mut tags: Vec<String> = ["latest", "v1", "v2"]
         .iter()
         .map(|t| format!("{}:{t}", bb.repo))
         .collect();
-    for t in &tags {
-        assert_eq!(pull(&daemon, t).await.unwrap(), bb.id);
-    }
-    let image = status(&daemon, &bb.id).await.unwrap();
-    let mut got = image.repo_tags.clone();
-    got.sort();
-    assert_eq!(got, tags);
-    assert_eq!(list(&daemon).await.len(), 1);
-
-    remove(&daemon, &tags[1]).await.unwrap();
-    let image = status(&daemon, &bb.id).await.unwrap();
-    assert_eq!(image.repo_tags.len(), 2);
-    assert!(status(&daemon, &tags[1]).await.is_none());
-    remove(&daemon, &tags[2]).await.unwrap();
-    // By its last tag: the whole image, and GC takes its layer and blobs.
-    remove(&daemon, &tags[0]).await.unwrap();
-    assert!(status(&daemon, &bb.id).await.is_none());
-    assert!(list(&daemon).await.is_empty());
-    wait_for_store(&daemon, 0, 0).await;
-    remove(&daemon, &bb.id).await.unwrap();
-
-    // By id or by digest, the whole image goes whatever names it has.
-    for by in [bb.id.clone(), format!("{}@{}", bb.repo, bb.manifest)] {
+    tags.push(copy.reference.clone());
+    let mut digests = vec![
+        format!("{}@{}", bb.repo, bb.manifest),
+        format!("{}@{}", copy.repo, copy.manifest),
+    ];
+    digests.sort();
+    // By one tag, by one digest name, by the id: every name goes, across repositories (1.36).
+    for by in [tags[1].clone(), digests[1].clone(), bb.id.clone()] {
         for t in &tags {
-            pull(&daemon, t).await.unwrap();
+            assert_eq!(pull(&daemon, t).await.unwrap(), bb.id);
         }
+        let image = status(&daemon, &bb.id).await.unwrap();
+        let mut got = image.repo_tags.clone();
+        got.sort();
+        let mut want = tags.clone();
+        want.sort();
+        assert_eq!(got, want);
+        let mut got = image.repo_digests.clone();
+        got.sort();
+        assert_eq!(got, digests);
+        assert_eq!(list(&daemon).await.len(), 1);
+
         remove(&daemon, &by).await.unwrap();
+        for name in tags.iter().chain(&digests).chain([&bb.id]) {
+            assert!(
+                status(&daemon, name).await.is_none(),
+                "{name} after removing {by}"
+            );
+        }
         assert!(list(&daemon).await.is_empty(), "removed by {by}");
+        wait_for_store(&daemon, 0, 0).await;
+        // Again: idempotent.
+        remove(&daemon, &by).await.unwrap();
     }
-    wait_for_store(&daemon, 0, 0).await;
+}
+
+/// One value identifies an image everywhere (1.36): PullImageResponse.image_ref, Image.id,
+/// Container.image_id and ContainerStatus.image_id; image_ref is the digest name of the
+/// repository the container was asked for. ImageSpec.image_ref, when given, picks the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_image_ref_is_the_id_images_and_containers_report() {
+    use crate::containers::{container_config, create, remove_all, start_pod, state};
+    let reg = TestRegistry::get();
+    let bb = reg.image("busybox");
+    let copy = reg.image("busybox_copy");
+    let daemon = Daemon::start("").await;
+    daemon.dir.write_bridge_cni_config();
+    let pulled = pull(&daemon, &bb.reference).await.unwrap();
+    assert_eq!(pulled, bb.id);
+    assert_eq!(pull(&daemon, &copy.reference).await.unwrap(), pulled);
+    let by_digest = format!("{}@{}", bb.repo, bb.manifest);
+    assert_eq!(pull(&daemon, &by_digest).await.unwrap(), pulled);
+    let image = status(&daemon, &bb.reference).await.unwrap();
+    assert_eq!(image.id, pulled);
+    assert_eq!(image.spec.as_ref().unwrap().image, pulled);
+    assert_eq!(list(&daemon).await[0].id, pulled);
+
+    let pod = start_pod(&daemon, "identity", |_| {}).await;
+    let with_image = |name: &str, image: cri::ImageSpec| {
+        let mut config = container_config(name, &["sleep", "1000"]);
+        config.image = Some(image);
+        config
+    };
+    // As kubelet asks: the pulled image_ref, and the name the user gave.
+    let as_kubelet = create(
+        &daemon,
+        &pod,
+        with_image(
+            "kubelet",
+            cri::ImageSpec {
+                image: pulled.clone(),
+                user_specified_image: copy.reference.clone(),
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    // image_ref given: it picks the image, whatever `image` says.
+    let pinned = create(
+        &daemon,
+        &pod,
+        with_image(
+            "pinned",
+            cri::ImageSpec {
+                image: "127.0.0.1:1/not/here:latest".into(),
+                image_ref: pulled.clone(),
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    let unknown = create(
+        &daemon,
+        &pod,
+        with_image(
+            "unknown",
+            cri::ImageSpec {
+                image: bb.reference.clone(),
+                image_ref: format!("sha256:{}", "0".repeat(64)),
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+
+    let copy_digest = format!("{}@{}", copy.repo, copy.manifest);
+    let s = state(&daemon, &as_kubelet).await;
+    assert_eq!(
+        (s.image_id.as_str(), s.image_ref.as_str()),
+        (pulled.as_str(), copy_digest.as_str())
+    );
+    let s = state(&daemon, &pinned).await;
+    assert_eq!(s.image_id, pulled);
+    assert!(
+        s.image_ref.contains(&format!("@{}", bb.manifest)),
+        "{}",
+        s.image_ref
+    );
+    let listed = daemon
+        .runtime()
+        .await
+        .unwrap()
+        .list_containers(cri::ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(listed.len(), 2);
+    for c in &listed {
+        assert_eq!(c.image_id, pulled, "{}", c.id);
+        let s = state(&daemon, &c.id).await;
+        assert_eq!(c.image_ref, s.image_ref, "{}", c.id);
+    }
+
+    // Removing the image by one tag removes every name; the containers keep their identity.
+    remove(&daemon, &copy.reference).await.unwrap();
+    assert!(list(&daemon).await.is_empty());
+    assert!(status(&daemon, &bb.reference).await.is_none());
+    assert_eq!(state(&daemon, &as_kubelet).await.image_id, pulled);
+    // The containers keep the layer; the image's blobs go.
+    wait_for_store(&daemon, 1, 0).await;
+    remove_all(&daemon, &pod).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

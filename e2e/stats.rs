@@ -13,6 +13,34 @@ fn value(v: &Option<cri::UInt64Value>) -> u64 {
     v.as_ref().map_or(0, |v| v.value)
 }
 
+/// Whether stats carry PSI here: on cgroup v2 with the kernel keeping it (not on v1, which
+/// has no PSI per cgroup, as on the host stage).
+fn psi_expected() -> bool {
+    crius::cgroups::detect().unwrap().version == crius::cgroups::CgroupVersion::V2
+        && std::path::Path::new("/sys/fs/cgroup/cpu.pressure").exists()
+}
+
+/// CPU, memory and I/O PSI are all there or all absent, as `psi_expected` says.
+fn assert_psi(
+    cpu: &Option<cri::CpuUsage>,
+    memory: &Option<cri::MemoryUsage>,
+    io: &Option<cri::IoUsage>,
+) {
+    let want = psi_expected();
+    let cpu = cpu.as_ref().unwrap().psi.as_ref();
+    let memory = memory.as_ref().unwrap().psi.as_ref();
+    let io_psi = io.as_ref().and_then(|io| io.psi.as_ref());
+    assert_eq!(io.is_some(), want, "IoUsage: {io:?}");
+    for (what, psi) in [("cpu", cpu), ("memory", memory), ("io", io_psi)] {
+        assert_eq!(psi.is_some(), want, "{what} PSI: {psi:?}");
+        if let Some(psi) = psi {
+            let (some, full) = (psi.some.unwrap(), psi.full.unwrap());
+            assert!(some.total >= full.total, "{what}: {psi:?}");
+            assert!((0.0..=100.0).contains(&some.avg10), "{what}: {psi:?}");
+        }
+    }
+}
+
 async fn container_stats(daemon: &Daemon, id: &str) -> cri::ContainerStats {
     daemon
         .runtime()
@@ -64,12 +92,30 @@ async fn stats_follow_cpu_memory_disk_and_network() {
     )
     .await;
     let s = container_stats(&daemon, &idle).await;
+    assert_psi(&s.cpu, &s.memory, &s.io);
     let layer = s.writable_layer.unwrap();
     assert!(value(&layer.used_bytes) >= 8 << 20, "{layer:?}");
     assert!(value(&layer.inodes_used) >= 2);
     let memory = s.memory.unwrap();
     assert!(value(&memory.working_set_bytes) >= 32 << 20, "{memory:?}");
     assert!(value(&memory.usage_bytes) >= value(&memory.working_set_bytes));
+    // ImageFsInfo: the writable layers' filesystem holds at least that layer.
+    let fs = daemon
+        .image()
+        .await
+        .unwrap()
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let containers_fs = &fs.container_filesystems[..];
+    assert_eq!(containers_fs.len(), 1, "{fs:?}");
+    assert_eq!(
+        containers_fs[0].fs_id.as_ref().unwrap().mountpoint,
+        layer.fs_id.as_ref().unwrap().mountpoint
+    );
+    assert!(value(&containers_fs[0].used_bytes) >= value(&layer.used_bytes));
+    assert!(value(&containers_fs[0].inodes_used) >= value(&layer.inodes_used));
 
     // The list, filtered by pod and by labels.
     let mut rt = daemon.runtime().await.unwrap();
@@ -112,6 +158,7 @@ async fn stats_follow_cpu_memory_disk_and_network() {
         .unwrap();
     let linux = stats.linux.unwrap();
     assert_eq!(linux.containers.len(), 2);
+    assert_psi(&linux.cpu, &linux.memory, &linux.io);
     assert!(value(&linux.process.unwrap().process_count) >= 3);
     let network = linux.network.unwrap();
     let eth0 = network.default_interface.unwrap();

@@ -217,6 +217,9 @@ def build_all(plain, authed):
     # Docker schema 2, one gzip layer; two extra tags of the same image.
     img = push_image(plain, "crius-test/busybox", ["latest", "v1", "v2"], [(busybox, "gzip")], fmt=DOCKER)
     record("busybox", "crius-test/busybox", "latest", img)
+    # The very same image (same config, same id) in another repository.
+    img = push_image(plain, "crius-test/busybox-copy", ["latest"], [(busybox, "gzip")], fmt=DOCKER)
+    record("busybox_copy", "crius-test/busybox-copy", "latest", img)
     # OCI manifest, same content but an OCI config media type: a different image id.
     img = push_image(plain, "crius-test/busybox-oci", ["latest"], [(busybox, "gzip")],
                      config={"Cmd": ["sh"], "User": "1002"})
@@ -266,6 +269,12 @@ def build_all(plain, authed):
     img = push_image(plain, "crius-test/corrupt", ["latest"],
                      [(busybox, "gzip"), (Layer().file("corrupt-me", "0123456789" * 100).raw(), "gzip")])
     record("corrupt", "crius-test/corrupt", "latest", img)
+
+    # An image whose StopSignal is SIGUSR1 (StopContainer sends it unless the config names one).
+    img = push_image(plain, "crius-test/stopsignal", ["latest"], [(busybox, "gzip")],
+                     config={"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                             "Cmd": ["sh"], "StopSignal": "SIGUSR1"})
+    record("stopsignal", "crius-test/stopsignal", "latest", img)
 
     # A pause image for peers that need one (the pod benchmark runs containerd): sleeps forever.
     img = push_image(plain, "crius-test/pause", ["latest"], [(busybox, "gzip")], fmt=DOCKER,

@@ -11,6 +11,7 @@ e2e/grpc_clients.rs.
 
 import argparse
 import importlib
+import json
 import os
 import sys
 import tempfile
@@ -108,6 +109,30 @@ def drive(pb, grpc_pb, channel, args):
     items = runtime.ListPodSandbox(pb.ListPodSandboxRequest(filter=selector), timeout=TIMEOUT)
     check([p.id for p in items.items] == [pod_id], f"listed pods {items.items}")
     print("ListPodSandbox: 1")
+
+    # Server-streaming lists (CRI 1.36): the same items, an empty list is no message at all.
+    streamed = runtime.StreamPodSandboxes(
+        pb.StreamPodSandboxesRequest(filter=selector), timeout=TIMEOUT)
+    streamed = [p.id for message in streamed for p in message.pod_sandboxes]
+    check(streamed == [pod_id], f"streamed pods {streamed}")
+    print("StreamPodSandboxes: 1")
+    in_pod = pb.ContainerFilter(pod_sandbox_id=pod_id)
+    messages = list(runtime.StreamContainers(
+        pb.StreamContainersRequest(filter=in_pod), timeout=TIMEOUT))
+    check(messages == [], f"streamed containers of an empty pod {messages}")
+    print("StreamContainers: none")
+
+    # In-place pod resize: crius made this pod's cgroup, and limits it.
+    runtime.UpdatePodSandboxResources(pb.UpdatePodSandboxResourcesRequest(
+        pod_sandbox_id=pod_id,
+        resources=pb.LinuxContainerResources(cpu_shares=512, memory_limit_in_bytes=64 << 20),
+    ), timeout=TIMEOUT)
+    pod = runtime.PodSandboxStatus(
+        pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True), timeout=TIMEOUT)
+    resources = json.loads(pod.info["info"])["resources"]
+    check(resources["resources"]["cpu_shares"] == 512, f"pod resources {resources}")
+    check(resources["podCgroupLimitedBy"] == "crius", f"pod resources {resources}")
+    print("UpdatePodSandboxResources: applied")
 
     details = expect_code(
         grpc.StatusCode.NOT_FOUND, runtime.ContainerStatus,

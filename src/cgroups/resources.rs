@@ -3,6 +3,9 @@
 //! controller and daemon run (see `controllers`); one the kernel refuses is an error naming
 //! the CRI field and giving the kernel's reason.
 
+use std::cell::RefCell;
+use std::path::PathBuf;
+
 use crate::cri;
 
 use super::controllers::{self, CgroupFs};
@@ -24,17 +27,41 @@ pub fn write_limits(
     path: &str,
     r: &cri::LinuxContainerResources,
 ) -> Result<(), CgroupError> {
-    let limits = Limits { fs, path };
-    match fs.version() {
-        CgroupVersion::V1 => limits.write_v1(r),
-        CgroupVersion::V2 => limits.write_v2(r),
+    Limits {
+        fs,
+        path,
+        journal: None,
     }
+    .write_all(r)
+}
+
+/// Writes the CRI limits to cgroup `path` as `write_limits` does, but all or nothing: each
+/// file's content is read before it is written, and when a write is refused the files
+/// already written get their old content back, last first (so v1's memsw/limit ordering
+/// holds on the way back too). A file that cannot be restored is logged.
+pub fn write_limits_or_restore(
+    fs: &CgroupFs,
+    path: &str,
+    r: &cri::LinuxContainerResources,
+) -> Result<(), CgroupError> {
+    let limits = Limits {
+        fs,
+        path,
+        journal: Some(RefCell::new(Vec::new())),
+    };
+    let result = limits.write_all(r);
+    if result.is_err() {
+        limits.restore();
+    }
+    result
 }
 
 /// One cgroup's interface files.
 struct Limits<'a> {
     fs: &'a CgroupFs,
     path: &'a str,
+    /// When set, every file written with the content it had before, in order.
+    journal: Option<RefCell<Vec<(PathBuf, String)>>>,
 }
 
 impl Limits<'_> {
@@ -53,13 +80,44 @@ impl Limits<'_> {
             controllers::warn_skipped(controller, field);
             return Ok(());
         }
-        let dir = self.fs.dir(controller.unwrap_or_default(), self.path);
-        write_interface_file(&dir.join(file), &value).map_err(|source| CgroupError::Refused {
+        let file_path = self
+            .fs
+            .dir(controller.unwrap_or_default(), self.path)
+            .join(file);
+        // Read first, kept only once the write succeeded (a refused write changed nothing).
+        let before = self
+            .journal
+            .as_ref()
+            .and_then(|_| std::fs::read_to_string(&file_path).ok());
+        write_interface_file(&file_path, &value).map_err(|source| CgroupError::Refused {
             field: field.to_string(),
             file: file.to_string(),
             value,
             source,
-        })
+        })?;
+        if let (Some(journal), Some(before)) = (&self.journal, before) {
+            journal.borrow_mut().push((file_path, before));
+        }
+        Ok(())
+    }
+
+    fn write_all(&self, r: &cri::LinuxContainerResources) -> Result<(), CgroupError> {
+        match self.fs.version() {
+            CgroupVersion::V1 => self.write_v1(r),
+            CgroupVersion::V2 => self.write_v2(r),
+        }
+    }
+
+    /// Puts back what the journal says the written files held, last write first.
+    fn restore(&self) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        for (file, before) in journal.borrow_mut().drain(..).rev() {
+            if let Err(e) = write_interface_file(&file, before.trim_end()) {
+                tracing::warn!(file = %file.display(), error = %e, "a limit could not be restored");
+            }
+        }
     }
 
     fn write_v1(&self, r: &cri::LinuxContainerResources) -> Result<(), CgroupError> {
@@ -414,6 +472,38 @@ mod tests {
             write_limits(&fs2, "c", &bad),
             Err(CgroupError::NotInterfaceFile { .. })
         ));
+    }
+
+    #[test]
+    fn a_refusal_puts_back_what_was_written_before_it() {
+        let root = fake_root(&["cpu/p/cpu.shares", "cpu/p/cpu.cfs_quota_us"]);
+        // (Plain files are not truncated as written, as cgroup files need not be: the old
+        // values are as long as the new ones.)
+        std::fs::write(root.path().join("cpu/p/cpu.shares"), "1024\n").unwrap();
+        std::fs::write(root.path().join("cpu/p/cpu.cfs_quota_us"), "100000\n").unwrap();
+        // cpuset.cpus is a directory: refused after the cpu files were written.
+        std::fs::create_dir_all(root.path().join("cpuset/p/cpuset.cpus")).unwrap();
+        let fs = CgroupFs::at(root.path(), CgroupVersion::V1);
+        let r = cri::LinuxContainerResources {
+            cpu_shares: 2048,
+            cpu_quota: 50_000,
+            cpuset_cpus: "0".into(),
+            ..Default::default()
+        };
+        let err = write_limits_or_restore(&fs, "p", &r).unwrap_err();
+        assert!(
+            matches!(&err, CgroupError::Refused { field, .. } if field == "cpuset_cpus"),
+            "{err:?}"
+        );
+        assert_eq!(read(&root, "cpu/p/cpu.shares").trim(), "1024");
+        assert_eq!(read(&root, "cpu/p/cpu.cfs_quota_us").trim(), "100000");
+        // Accepted: written, and nothing put back.
+        let r = cri::LinuxContainerResources {
+            cpu_shares: 2048,
+            ..Default::default()
+        };
+        write_limits_or_restore(&fs, "p", &r).unwrap();
+        assert_eq!(read(&root, "cpu/p/cpu.shares").trim(), "2048");
     }
 
     #[test]

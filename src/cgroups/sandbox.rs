@@ -100,6 +100,23 @@ pub fn create(
     Ok(())
 }
 
+/// New limits on a pod's cgroup crius made (UpdatePodSandboxResources), all or nothing: a
+/// refused value leaves the old limits. A cgroup that is gone has nothing to limit.
+pub fn resize(
+    version: CgroupVersion,
+    parent: &str,
+    limits: &cri::LinuxContainerResources,
+) -> Result<(), CgroupError> {
+    if !exists(parent) {
+        tracing::debug!(
+            cgroup = parent,
+            "the pod's cgroup is gone: nothing to resize"
+        );
+        return Ok(());
+    }
+    resources::write_limits_or_restore(&CgroupFs::host(version), parent, limits)
+}
+
 fn new_cgroup(path: &str) -> Result<Cgroup, CgroupError> {
     Cgroup::new(hierarchies::auto(), path).map_err(|e| CgroupError::Create {
         path: path.to_string(),

@@ -3,9 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use nix::sys::signal::Signal;
-
-use super::record::{self, ContainerRecord, ContainerState, ProcessUser};
+use super::record::{ContainerRecord, ContainerState, ProcessUser};
 use super::{Containers, oci, spec};
 use crate::cgroups;
 use crate::clock::now_ns;
@@ -30,14 +28,8 @@ impl Containers {
         if meta.name.is_empty() {
             return Err(Error::invalid("config.metadata.name", "empty"));
         }
-        let image_name = config
-            .image
-            .as_ref()
-            .map(|i| i.image.clone())
-            .unwrap_or_default();
-        if image_name.is_empty() {
-            return Err(Error::invalid("config.image.image", "empty"));
-        }
+        let spec_of_image = config.image.clone().unwrap_or_default();
+        let image_name = image_to_resolve(&spec_of_image)?;
         let pod = sandboxes.get(pod_id)?.ok_or_else(|| Error::NotFound {
             kind: "pod sandbox",
             id: pod_id.to_string(),
@@ -51,11 +43,11 @@ impl Containers {
         // Held until the record, which keeps the layers from then on, is saved.
         let leased = self
             .images
-            .lease(&image_name)
+            .lease(image_name)
             .await?
             .ok_or_else(|| Error::NotFound {
                 kind: "image",
-                id: image_name.clone(),
+                id: image_name.to_string(),
             })?;
         let image = &leased.image;
         let id = crate::sandbox::new_id()?;
@@ -95,11 +87,7 @@ impl Containers {
             (!dir.is_empty() && !config.log_path.is_empty())
                 .then(|| Path::new(dir).join(&config.log_path))
         };
-        let image_ref = image
-            .repo_digests
-            .first()
-            .cloned()
-            .unwrap_or_else(|| image.record.id.to_string());
+        let image_ref = digested_reference(image, &spec_of_image);
         let record = ContainerRecord {
             id: id.clone(),
             sandbox_id: pod.id.clone(),
@@ -122,8 +110,11 @@ impl Containers {
             process: None,
             cgroup: cgroups::cgroup_of(&cgroup_parent, &id),
             log_path,
-            stop_signal: record::parse_signal(&image.record.config.config.stop_signal)
-                .unwrap_or(Signal::SIGTERM as i32),
+            stop_signal: super::stop_signal::choose(
+                config.stop_signal,
+                &image.record.config.config.stop_signal,
+            )
+            .map_err(|reason| Error::invalid("config.stop_signal", reason))?,
             new_pid_ns,
             user: ProcessUser::of_spec(&spec),
             image_volumes,
@@ -317,6 +308,47 @@ impl Containers {
     }
 }
 
+/// The name the container's image is resolved by: `image_ref` (1.36: the image's digest, as
+/// ContainerStatus.image_id reports it) when given, as it pins the image; else `image`
+/// (kubelet's PullImageResponse.image_ref, or any name of the image).
+fn image_to_resolve(spec: &cri::ImageSpec) -> Result<&str> {
+    match (spec.image_ref.trim(), spec.image.trim()) {
+        ("", "") => Err(Error::invalid("config.image.image", "empty")),
+        ("", image) => Ok(image),
+        (image_ref, _) => Ok(image_ref),
+    }
+}
+
+/// The digested reference a container reports as its image_ref: the repo digest of the
+/// repository the request named (by `image_ref`, `user_specified_image` or `image`), else the
+/// image's first repo digest, else its id (an image with no digest name).
+fn digested_reference(image: &crate::image::ImageInfo, spec: &cri::ImageSpec) -> String {
+    use crate::image::reference::Reference;
+    let named = [&spec.image_ref, &spec.user_specified_image, &spec.image]
+        .into_iter()
+        .filter_map(|name| Reference::parse(name).ok());
+    for reference in named {
+        let repository = reference.name();
+        let found = image.repo_digests.iter().find(|d| {
+            Reference::parse(d).is_ok_and(|r| {
+                r.name() == repository
+                    && reference
+                        .digest
+                        .as_ref()
+                        .is_none_or(|want| r.digest.as_ref() == Some(want))
+            })
+        });
+        if let Some(found) = found {
+            return found.clone();
+        }
+    }
+    image
+        .repo_digests
+        .first()
+        .cloned()
+        .unwrap_or_else(|| image.record.id.to_string())
+}
+
 /// The container's resources as CreateContainer (or the last UpdateContainerResources) gave
 /// them.
 pub(super) fn limits_of(record: &ContainerRecord) -> Option<cri::LinuxContainerResources> {
@@ -445,4 +477,71 @@ fn read_image_file(chain_dirs: &[PathBuf], path: &str) -> String {
                 .and_then(|_| std::fs::read_to_string(&file).ok())
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::digest::Digest;
+    use crate::image::{ImageInfo, ImageRecord};
+
+    fn spec(image: &str, image_ref: &str, user: &str) -> cri::ImageSpec {
+        cri::ImageSpec {
+            image: image.into(),
+            image_ref: image_ref.into(),
+            user_specified_image: user.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn image_ref_pins_the_image_when_given() {
+        assert_eq!(
+            image_to_resolve(&spec("busybox", "", "")).unwrap(),
+            "busybox"
+        );
+        assert_eq!(
+            image_to_resolve(&spec("busybox", "sha256:abc", "")).unwrap(),
+            "sha256:abc"
+        );
+        assert_eq!(
+            image_to_resolve(&spec("", "sha256:abc", "")).unwrap(),
+            "sha256:abc"
+        );
+        let err = image_to_resolve(&spec("", " ", "")).unwrap_err();
+        assert!(err.to_string().contains("config.image.image"), "{err}");
+    }
+
+    #[test]
+    fn image_ref_is_the_digest_of_the_repository_named() {
+        let id = Digest::of(b"config");
+        let a = format!("r.example/a@{}", Digest::of(b"a"));
+        let b = format!("r.example/b@{}", Digest::of(b"b"));
+        let info = ImageInfo {
+            record: ImageRecord {
+                id: id.clone(),
+                manifest: Digest::of(b"m"),
+                index: None,
+                config: Default::default(),
+                chain_ids: vec![],
+                size: 1,
+                pinned: false,
+            },
+            repo_tags: vec!["r.example/a:1".into(), "r.example/b:1".into()],
+            repo_digests: vec![a.clone(), b.clone()],
+        };
+        let by_id = id.to_string();
+        assert_eq!(
+            digested_reference(&info, &spec(&by_id, "", "r.example/b:1")),
+            b
+        );
+        assert_eq!(digested_reference(&info, &spec("r.example/b:1", "", "")), b);
+        assert_eq!(digested_reference(&info, &spec(&by_id, &b, "")), b);
+        assert_eq!(digested_reference(&info, &spec(&by_id, "", "")), a);
+        let nameless = ImageInfo {
+            repo_digests: vec![],
+            ..info
+        };
+        assert_eq!(digested_reference(&nameless, &spec(&by_id, "", "")), by_id);
+    }
 }

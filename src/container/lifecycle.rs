@@ -338,15 +338,13 @@ impl Containers {
         };
         let timeout = timeout.min(MAX_STOP_TIMEOUT);
         if !timeout.is_zero() {
-            if let Ok(signal) = Signal::try_from(record.stop_signal) {
-                signal_if_alive(process, signal);
-            }
+            signal_if_alive(process, record.stop_signal);
             if self.wait_exit(entry, timeout).await? {
                 return Ok(());
             }
             tracing::info!(container_id = %record.id, "stop timeout passed; sending SIGKILL");
         }
-        signal_if_alive(process, Signal::SIGKILL);
+        signal_if_alive(process, libc::SIGKILL);
         if self.wait_exit(entry, KILL_GRACE).await? {
             return Ok(());
         }
@@ -489,9 +487,12 @@ impl Containers {
     }
 }
 
-/// Signals a container's first process, unless its pid now names another process.
-fn signal_if_alive(process: AgentProcess, signal: Signal) {
+/// Signals a container's first process with signal number `signo` (real-time ones too, which
+/// nix's `Signal` cannot name), unless its pid now names another process.
+fn signal_if_alive(process: AgentProcess, signo: i32) {
     if process.start_time == 0 || process.is_alive() {
-        let _ = nix::sys::signal::kill(Pid::from_raw(process.pid), signal);
+        // SAFETY: kill(2) takes two integers and touches no memory of this process; a pid or
+        // signal the kernel refuses is an error return, which is ignored (the process is gone).
+        let _ = unsafe { libc::kill(process.pid, signo) };
     }
 }

@@ -59,7 +59,9 @@ pub struct ContainerRecord {
     pub cgroup: String,
     /// The absolute CRI log path, if any.
     pub log_path: Option<PathBuf>,
-    /// The signal StopContainer sends first (the image's StopSignal).
+    /// The signal StopContainer sends first: the config's `stop_signal`, else the image's
+    /// StopSignal, else SIGTERM (see `stop_signal.rs`). SIGTERM for a record without one.
+    #[serde(default = "default_stop_signal")]
     pub stop_signal: i32,
     /// The container has a PID namespace of its own.
     pub new_pid_ns: bool,
@@ -127,24 +129,8 @@ impl ContainerRecord {
     }
 }
 
-/// A stop signal name from an image config ("SIGTERM", "TERM", "15") as a number.
-pub fn parse_signal(name: &str) -> Option<i32> {
-    let name = name.trim();
-    if name.is_empty() {
-        return None;
-    }
-    if let Ok(n) = name.parse::<i32>() {
-        return nix::sys::signal::Signal::try_from(n).ok().map(|s| s as i32);
-    }
-    let upper = name.to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    full.parse::<nix::sys::signal::Signal>()
-        .ok()
-        .map(|s| s as i32)
+fn default_stop_signal() -> i32 {
+    super::stop_signal::DEFAULT
 }
 
 /// A record for unit tests: container `c1` of pod `p1`, in `state`.
@@ -179,12 +165,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stop_signals() {
-        assert_eq!(parse_signal("SIGTERM"), Some(15));
-        assert_eq!(parse_signal("quit"), Some(3));
-        assert_eq!(parse_signal("9"), Some(9));
-        assert_eq!(parse_signal("SIGNOPE"), None);
-        assert_eq!(parse_signal(""), None);
+    fn a_record_without_a_stop_signal_stops_with_sigterm() {
+        let mut json = serde_json::to_value(test_record(ContainerState::Running)).unwrap();
+        json.as_object_mut().unwrap().remove("stop_signal");
+        let record: ContainerRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(record.stop_signal, libc::SIGTERM);
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub fn create_request(
     layers: &[PathBuf],
 ) -> Result<()> {
     metadata(config.metadata.as_ref())?;
+    stop_signal(config.stop_signal)?;
     strings("config.command", &config.command)?;
     strings("config.args", &config.args)?;
     envs(&config.envs)?;
@@ -59,6 +60,13 @@ pub fn create_request(
         linux_config(linux)?;
     }
     exec_size(config, image)
+}
+
+/// A stop signal the CRI defines (RUNTIME_DEFAULT leaves it to the image).
+fn stop_signal(signal: i32) -> Result<()> {
+    super::stop_signal::from_cri(signal)
+        .map(|_| ())
+        .map_err(|reason| Error::invalid("config.stop_signal", reason))
 }
 
 /// INVALID_ARGUMENT when `value` holds a NUL byte, which no path, argument or name can.

@@ -198,9 +198,9 @@ impl Images {
             .collect()
     }
 
-    /// Removes an image. Named by one of several tags, only that tag goes (as `docker rmi`
-    /// does); named by its last tag, its id or a digest, the whole image goes. What no image
-    /// uses any more is garbage-collected in the background.
+    /// Removes an image with all its names, whichever of them (tag, digest name, id) names
+    /// it: removing `repo/image:v1` removes `other/image:latest` of the same image too, as the
+    /// CRI of 1.36 says. What no image uses any more is garbage-collected in the background.
     /// Idempotent, as the CRI requires (kubelet and the critest idempotence specs remove
     /// images that may already be gone): an unknown image is not an error.
     pub async fn remove(self: &Arc<Self>, name: &str) -> Result<()> {
@@ -209,25 +209,10 @@ impl Images {
             return Ok(());
         };
         let id = info.record.id.to_string();
-        let tag = Reference::parse(name)
-            .ok()
-            .and_then(|r| r.digest.is_none().then(|| r.to_string()))
-            .filter(|t| info.repo_tags.contains(t));
-        let only_name = tag.filter(|_| info.repo_tags.len() > 1);
         self.store
             .transaction(move |tx| {
-                match only_name {
-                    Some(reference) => {
-                        tx.execute(
-                            "DELETE FROM image_refs WHERE reference = ?1",
-                            params![reference],
-                        )?;
-                    }
-                    None => {
-                        tx.execute("DELETE FROM image_refs WHERE image_id = ?1", params![id])?;
-                        tx.execute("DELETE FROM images WHERE id = ?1", params![id])?;
-                    }
-                }
+                tx.execute("DELETE FROM image_refs WHERE image_id = ?1", params![id])?;
+                tx.execute("DELETE FROM images WHERE id = ?1", params![id])?;
                 Ok(())
             })
             .await?;

@@ -8,6 +8,7 @@ pub mod files;
 pub mod pod;
 pub mod port_forward;
 pub mod record;
+pub mod resize;
 pub mod sysctl;
 pub mod validate;
 
@@ -385,6 +386,9 @@ impl Sandboxes {
         let new_parents = cgroups::sandbox::missing_on_the_way(&parent);
         self.own_cgroups(&new_parents).await?;
         record.cgroup = Some(cgroup.clone());
+        // The default parent is shared by every pod that names none: never one pod's.
+        record.made_pod_cgroup =
+            !record.named_cgroup_parent().trim().is_empty() && new_parents.last() == Some(&parent);
         self.save(record).await?;
         let Some(systemd) = self.driver.systemd_arc() else {
             return Ok(tokio::task::spawn_blocking(move || {

@@ -36,6 +36,11 @@ pub struct SandboxRecord {
     /// The sandbox's own cgroup (relative path), once created.
     #[serde(default)]
     pub cgroup: Option<String>,
+    /// The pod's cgroup (the parent kubelet named) did not exist and was made by crius for
+    /// this pod, with the pod's limits: crius keeps its limits (UpdatePodSandboxResources).
+    /// Otherwise it is kubelet's, which limits it itself.
+    #[serde(default)]
+    pub made_pod_cgroup: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,17 +70,21 @@ impl SandboxRecord {
             cni_result: None,
             network_attached: false,
             cgroup: None,
+            made_pod_cgroup: false,
         }
     }
 
     /// The cgroup parent as a relative path (kubelet's, or the default).
     pub fn cgroup_parent(&self) -> Result<String, String> {
-        crate::cgroups::sandbox::parent_path(
-            self.config
-                .linux
-                .as_ref()
-                .map_or("", |l| l.cgroup_parent.as_str()),
-        )
+        crate::cgroups::sandbox::parent_path(self.named_cgroup_parent())
+    }
+
+    /// The cgroup parent as the config names it (empty: none, the default is used).
+    pub fn named_cgroup_parent(&self) -> &str {
+        self.config
+            .linux
+            .as_ref()
+            .map_or("", |l| l.cgroup_parent.as_str())
     }
 
     pub fn metadata(&self) -> cri::PodSandboxMetadata {

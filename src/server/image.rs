@@ -11,6 +11,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::image::ImageInfo;
 use crate::image::auth::Credentials;
+use crate::server::list_stream::{self, ListStream};
 use crate::server::rpc::{self, Ids};
 
 pub struct ImageApi {
@@ -65,9 +66,9 @@ fn to_cri(info: &ImageInfo) -> cri::Image {
 }
 
 impl ImageApi {
-    fn list(&self, req: cri::ListImagesRequest) -> Result<cri::ListImagesResponse> {
-        let wanted = req
-            .filter
+    /// The images the filter selects (ListImages, StreamImages): all, or the one it names.
+    fn matching(&self, filter: Option<cri::ImageFilter>) -> Result<Vec<cri::Image>> {
+        let wanted = filter
             .and_then(|f| f.image)
             .map(|s| s.image)
             .unwrap_or_default();
@@ -76,9 +77,7 @@ impl ImageApi {
         } else {
             self.ctx.images.lookup(&wanted)?.into_iter().collect()
         };
-        Ok(cri::ListImagesResponse {
-            images: images.iter().map(to_cri).collect(),
-        })
+        Ok(images.iter().map(to_cri).collect())
     }
 
     fn status(&self, req: cri::ImageStatusRequest) -> Result<cri::ImageStatusResponse> {
@@ -133,49 +132,65 @@ impl ImageApi {
         Ok(cri::RemoveImageResponse {})
     }
 
+    /// The image layers' filesystem, and the containers' writable layers' (their upper dirs
+    /// under `<root>/containers`, as ContainerStats.writable_layer names it).
     fn fs_info(&self) -> Result<cri::ImageFsInfoResponse> {
         let (used_bytes, inodes_used) = self.ctx.images.usage()?;
+        let (containers_dir, layer_bytes, layer_inodes) =
+            tokio::task::block_in_place(|| self.ctx.containers.writable_layers_usage());
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)
             .unwrap_or_default();
+        let usage = |mountpoint: &std::path::Path, bytes, inodes| cri::FilesystemUsage {
+            timestamp,
+            fs_id: Some(cri::FilesystemIdentifier {
+                mountpoint: mountpoint.display().to_string(),
+            }),
+            used_bytes: Some(cri::UInt64Value { value: bytes }),
+            inodes_used: Some(cri::UInt64Value { value: inodes }),
+        };
         Ok(cri::ImageFsInfoResponse {
-            image_filesystems: vec![cri::FilesystemUsage {
-                timestamp,
-                fs_id: Some(cri::FilesystemIdentifier {
-                    mountpoint: self.ctx.images.snapshots_dir().display().to_string(),
-                }),
-                used_bytes: Some(cri::UInt64Value { value: used_bytes }),
-                inodes_used: Some(cri::UInt64Value { value: inodes_used }),
-            }],
-            container_filesystems: vec![],
+            image_filesystems: vec![usage(
+                self.ctx.images.snapshots_dir(),
+                used_bytes,
+                inodes_used,
+            )],
+            container_filesystems: vec![usage(&containers_dir, layer_bytes, layer_inodes)],
         })
     }
 }
 
 #[tonic::async_trait]
 impl cri::image_service_server::ImageService for ImageApi {
-    type StreamImagesStream = std::pin::Pin<
-        Box<
-            dyn tokio_stream::Stream<Item = std::result::Result<cri::StreamImagesResponse, Status>>
-                + Send,
-        >,
-    >;
+    type StreamImagesStream = ListStream<cri::StreamImagesResponse>;
 
-    // Behind kubelet's CRIListStreaming gate (alpha); kubelet uses ListImages without it.
+    // Behind kubelet's CRIListStreaming gate: ListImages's items in messages cut by size.
     async fn stream_images(
         &self,
-        _request: Request<cri::StreamImagesRequest>,
+        request: Request<cri::StreamImagesRequest>,
     ) -> std::result::Result<Response<Self::StreamImagesStream>, Status> {
-        rpc::unimplemented("StreamImages").await
+        let filter = request.into_inner().filter;
+        rpc::handle("StreamImages", Ids::none(), async {
+            let images = self.matching(filter)?;
+            Ok(list_stream::stream(images, |images| {
+                cri::StreamImagesResponse { images }
+            }))
+        })
+        .await
     }
 
     async fn list_images(
         &self,
         request: Request<cri::ListImagesRequest>,
     ) -> std::result::Result<Response<cri::ListImagesResponse>, Status> {
-        let req = request.into_inner();
-        rpc::handle("ListImages", Ids::none(), async { self.list(req) }).await
+        let filter = request.into_inner().filter;
+        rpc::handle("ListImages", Ids::none(), async {
+            Ok(cri::ListImagesResponse {
+                images: self.matching(filter)?,
+            })
+        })
+        .await
     }
 
     async fn image_status(

@@ -3,6 +3,7 @@
 pub mod authority;
 pub mod errors;
 pub mod image;
+pub mod list_stream;
 pub mod rpc;
 pub mod runtime;
 

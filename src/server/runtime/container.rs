@@ -88,8 +88,8 @@ pub fn status_of(record: &ContainerRecord) -> cri::ContainerStatus {
             windows: None,
         }),
         user: user_of(record),
-        // RUNTIME_DEFAULT until stop signals are reported.
-        stop_signal: 0,
+        stop_signal: crate::container::stop_signal::reported(config.stop_signal, record.stop_signal)
+            as i32,
     }
 }
 
@@ -145,9 +145,15 @@ pub async fn list(
     ctx: &Context,
     req: cri::ListContainersRequest,
 ) -> Result<cri::ListContainersResponse> {
-    let filter = req.filter.unwrap_or_default();
-    let containers = ctx
-        .containers
+    Ok(cri::ListContainersResponse {
+        containers: matching(ctx, req.filter),
+    })
+}
+
+/// The containers the filter selects (ListContainers, StreamContainers).
+pub fn matching(ctx: &Context, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
+    let filter = filter.unwrap_or_default();
+    ctx.containers
         .list_matching(&filter.id, &filter.pod_sandbox_id, &filter.label_selector)
         .into_iter()
         .filter(|r| filter.state.is_none_or(|s| s.state == r.state.cri() as i32))
@@ -163,8 +169,7 @@ pub async fn list(
             labels: r.config.labels.clone(),
             annotations: r.config.annotations.clone(),
         })
-        .collect();
-    Ok(cri::ListContainersResponse { containers })
+        .collect()
 }
 
 pub async fn exec_sync(ctx: &Context, req: cri::ExecSyncRequest) -> Result<cri::ExecSyncResponse> {

@@ -16,6 +16,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::context::Context;
+use crate::server::list_stream::{self, ListStream};
 use crate::server::rpc::{self, Ids};
 
 pub struct RuntimeApi {
@@ -29,8 +30,6 @@ impl RuntimeApi {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
-/// The answer type of the list-streaming RPCs (CRIListStreaming, alpha in 1.36).
-type ListStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl cri::runtime_service_server::RuntimeService for RuntimeApi {
@@ -343,50 +342,93 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         rpc::unimplemented("CheckpointContainer").await
     }
 
-    // The list-streaming RPCs are behind kubelet's CRIListStreaming gate (alpha); without
-    // them kubelet uses the unary lists.
+    // The list-streaming RPCs (kubelet's CRIListStreaming gate): the unary lists' items in
+    // messages cut by size (see list_stream.rs).
     async fn stream_pod_sandboxes(
         &self,
-        _request: Request<cri::StreamPodSandboxesRequest>,
+        request: Request<cri::StreamPodSandboxesRequest>,
     ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
-        rpc::unimplemented("StreamPodSandboxes").await
+        let filter = request.into_inner().filter;
+        rpc::handle("StreamPodSandboxes", Ids::none(), async {
+            let items = sandbox::matching(&self.ctx, filter)?;
+            Ok(list_stream::stream(items, |pod_sandboxes| {
+                cri::StreamPodSandboxesResponse { pod_sandboxes }
+            }))
+        })
+        .await
     }
 
     async fn stream_containers(
         &self,
-        _request: Request<cri::StreamContainersRequest>,
+        request: Request<cri::StreamContainersRequest>,
     ) -> Result<Response<Self::StreamContainersStream>, Status> {
-        rpc::unimplemented("StreamContainers").await
+        let filter = request.into_inner().filter;
+        rpc::handle("StreamContainers", Ids::none(), async {
+            let items = container::matching(&self.ctx, filter);
+            Ok(list_stream::stream(items, |containers| {
+                cri::StreamContainersResponse { containers }
+            }))
+        })
+        .await
     }
 
     async fn stream_container_stats(
         &self,
-        _request: Request<cri::StreamContainerStatsRequest>,
+        request: Request<cri::StreamContainerStatsRequest>,
     ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
-        rpc::unimplemented("StreamContainerStats").await
+        let filter = request.into_inner().filter;
+        rpc::handle("StreamContainerStats", Ids::none(), async {
+            let items = stats::containers_matching(&self.ctx, filter);
+            Ok(list_stream::stream(items, |container_stats| {
+                cri::StreamContainerStatsResponse { container_stats }
+            }))
+        })
+        .await
     }
 
     async fn stream_pod_sandbox_stats(
         &self,
-        _request: Request<cri::StreamPodSandboxStatsRequest>,
+        request: Request<cri::StreamPodSandboxStatsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
-        rpc::unimplemented("StreamPodSandboxStats").await
+        let filter = request.into_inner().filter;
+        rpc::handle("StreamPodSandboxStats", Ids::none(), async {
+            let items = stats::pods_matching(&self.ctx, filter).await?;
+            Ok(list_stream::stream(items, |pod_sandbox_stats| {
+                cri::StreamPodSandboxStatsResponse { pod_sandbox_stats }
+            }))
+        })
+        .await
     }
 
     async fn stream_pod_sandbox_metrics(
         &self,
         _request: Request<cri::StreamPodSandboxMetricsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
-        rpc::unimplemented("StreamPodSandboxMetrics").await
+        rpc::handle("StreamPodSandboxMetrics", Ids::none(), async {
+            let items = pod_metrics::every_pod(&self.ctx).await?;
+            Ok(list_stream::stream(items, |pod_sandbox_metrics| {
+                cri::StreamPodSandboxMetricsResponse {
+                    pod_sandbox_metrics,
+                }
+            }))
+        })
+        .await
     }
 
-    // Best effort for kubelet (a failure does not block a resize); kubelet has already
-    // written the pod-level cgroup.
+    // In-place pod resize: kubelet calls it once it has resized the pod's cgroup (see
+    // sandbox/resize.rs for which cgroups crius writes).
     async fn update_pod_sandbox_resources(
         &self,
-        _request: Request<cri::UpdatePodSandboxResourcesRequest>,
+        request: Request<cri::UpdatePodSandboxResourcesRequest>,
     ) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
-        rpc::unimplemented("UpdatePodSandboxResources").await
+        let req = request.into_inner();
+        let id = req.pod_sandbox_id.clone();
+        rpc::handle(
+            "UpdatePodSandboxResources",
+            Ids::pod(&id),
+            sandbox::update_resources(&self.ctx, req),
+        )
+        .await
     }
 
     async fn get_container_events(

@@ -136,6 +136,13 @@ fn metric(
 }
 
 pub async fn list(ctx: &Context) -> Result<cri::ListPodSandboxMetricsResponse> {
+    Ok(cri::ListPodSandboxMetricsResponse {
+        pod_metrics: every_pod(ctx).await?,
+    })
+}
+
+/// The metrics of every pod (ListPodSandboxMetrics, StreamPodSandboxMetrics).
+pub async fn every_pod(ctx: &Context) -> Result<Vec<cri::PodSandboxMetrics>> {
     let mut pod_metrics = Vec::new();
     let records = ctx.containers.list();
     for pod in ctx.sandboxes.list()? {
@@ -239,7 +246,7 @@ pub async fn list(ctx: &Context) -> Result<cri::ListPodSandboxMetricsResponse> {
             container_metrics,
         });
     }
-    Ok(cri::ListPodSandboxMetricsResponse { pod_metrics })
+    Ok(pod_metrics)
 }
 
 #[cfg(test)]

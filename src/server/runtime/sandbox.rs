@@ -9,6 +9,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::filter::labels_match;
 use crate::sandbox::record::{SandboxRecord, SandboxState};
+use crate::sandbox::resize::PodCgroupOwner;
 
 fn state(record: &SandboxRecord) -> i32 {
     match record.state {
@@ -90,6 +91,7 @@ pub async fn status(
             "runtimeHandler": record.runtime_handler,
             "config": record.config,
             "cni": record.cni_result,
+            "resources": resources_info(&record),
         });
         info.insert("info".to_string(), details.to_string());
     }
@@ -121,8 +123,46 @@ pub async fn status(
     })
 }
 
+/// The pod's resources as verbose PodSandboxStatus reports them: the latest of
+/// RunPodSandbox and UpdatePodSandboxResources, the pod's cgroup and who limits it.
+fn resources_info(record: &SandboxRecord) -> serde_json::Value {
+    let linux = record.config.linux.clone().unwrap_or_default();
+    serde_json::json!({
+        "resources": linux.resources,
+        "overhead": linux.overhead,
+        "podCgroup": record.cgroup_parent().ok(),
+        "podCgroupLimitedBy": PodCgroupOwner::of(record).as_str(),
+    })
+}
+
+/// UpdatePodSandboxResources (see sandbox/resize.rs).
+pub async fn update_resources(
+    ctx: &Context,
+    req: cri::UpdatePodSandboxResourcesRequest,
+) -> Result<cri::UpdatePodSandboxResourcesResponse> {
+    for (field, value) in [("resources", &req.resources), ("overhead", &req.overhead)] {
+        if let Some(r) = value {
+            crate::container::validate::resources(field, r)?;
+        }
+    }
+    ctx.sandboxes
+        .update_resources(&req.pod_sandbox_id, req.resources, req.overhead)
+        .await?;
+    Ok(cri::UpdatePodSandboxResourcesResponse {})
+}
+
 pub fn list(ctx: &Context, req: cri::ListPodSandboxRequest) -> Result<cri::ListPodSandboxResponse> {
-    let filter = req.filter.unwrap_or_default();
+    Ok(cri::ListPodSandboxResponse {
+        items: matching(ctx, req.filter)?,
+    })
+}
+
+/// The pods the filter selects (ListPodSandbox, StreamPodSandboxes).
+pub fn matching(
+    ctx: &Context,
+    filter: Option<cri::PodSandboxFilter>,
+) -> Result<Vec<cri::PodSandbox>> {
+    let filter = filter.unwrap_or_default();
     let items = ctx
         .sandboxes
         .list()?
@@ -140,5 +180,5 @@ pub fn list(ctx: &Context, req: cri::ListPodSandboxRequest) -> Result<cri::ListP
             runtime_handler: r.runtime_handler.clone(),
         })
         .collect();
-    Ok(cri::ListPodSandboxResponse { items })
+    Ok(items)
 }

@@ -5,8 +5,10 @@ use std::path::Path;
 
 use crate::cri;
 
+use crate::cgroups::{self, stats::Pressures};
 use crate::clock::now_ns;
 use crate::container::record::ContainerRecord;
+use crate::container::stats::{io_usage, psi_of};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::filter::labels_match;
@@ -25,13 +27,21 @@ pub async fn list_containers(
     ctx: &Context,
     req: cri::ListContainerStatsRequest,
 ) -> Result<cri::ListContainerStatsResponse> {
-    let filter = req.filter.unwrap_or_default();
+    Ok(cri::ListContainerStatsResponse {
+        stats: containers_matching(ctx, req.filter),
+    })
+}
+
+/// Stats of the containers the filter selects (ListContainerStats, StreamContainerStats).
+pub fn containers_matching(
+    ctx: &Context,
+    filter: Option<cri::ContainerStatsFilter>,
+) -> Vec<cri::ContainerStats> {
+    let filter = filter.unwrap_or_default();
     let records =
         ctx.containers
             .list_matching(&filter.id, &filter.pod_sandbox_id, &filter.label_selector);
-    let stats =
-        tokio::task::block_in_place(|| records.iter().map(|r| ctx.containers.stats(r)).collect());
-    Ok(cri::ListContainerStatsResponse { stats })
+    tokio::task::block_in_place(|| records.iter().map(|r| ctx.containers.stats(r)).collect())
 }
 
 /// The pod's usage: its agent's cgroup plus its containers', its interfaces' counters.
@@ -53,7 +63,8 @@ pub(super) async fn pod_stats(
         let (mut working_set, mut usage, mut rss, mut faults, mut major, mut procs) =
             (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
         for cg in &cgroups {
-            let (c, m, p) = ctx.containers.cgroup_usage(cg, now);
+            let sample = ctx.containers.cgroup_usage(cg, now);
+            let (c, m, p) = (sample.cpu, sample.memory, sample.processes);
             let v = |x: &Option<cri::UInt64Value>| x.as_ref().map_or(0, |v| v.value);
             cpu += v(&c.usage_core_nano_seconds);
             if let Some(n) = &c.usage_nano_cores {
@@ -67,6 +78,7 @@ pub(super) async fn pod_stats(
             procs += p;
         }
         let value = |value| Some(cri::UInt64Value { value });
+        let pressure = pod_pressure(ctx, pod);
         let network = pod.netns.as_deref().map(|netns| {
             network_usage(
                 pod.agent.filter(|a| a.is_alive()).map(|a| a.pid),
@@ -86,7 +98,7 @@ pub(super) async fn pod_stats(
                     timestamp: now,
                     usage_core_nano_seconds: value(cpu),
                     usage_nano_cores: nano.map(|value| cri::UInt64Value { value }),
-                    psi: None,
+                    psi: psi_of(pressure.cpu),
                 }),
                 memory: Some(cri::MemoryUsage {
                     timestamp: now,
@@ -96,10 +108,10 @@ pub(super) async fn pod_stats(
                     rss_bytes: value(rss),
                     page_faults: value(faults),
                     major_page_faults: value(major),
-                    psi: None,
+                    psi: psi_of(pressure.memory),
                 }),
                 network: network.flatten(),
-                io: None,
+                io: io_usage(pressure.io, now),
                 process: Some(cri::ProcessUsage {
                     timestamp: now,
                     process_count: value(procs),
@@ -110,6 +122,19 @@ pub(super) async fn pod_stats(
         }
     });
     Ok(stats)
+}
+
+/// The pod's PSI: that of the pod's cgroup, the parent kubelet names, which holds the agent
+/// and every container (pressure cannot be summed from theirs). None on cgroup v1, and for a
+/// pod in the default parent, which other pods share.
+fn pod_pressure(ctx: &Context, pod: &SandboxRecord) -> Pressures {
+    if pod.named_cgroup_parent().trim().is_empty() {
+        return Pressures::default();
+    }
+    match pod.cgroup_parent() {
+        Ok(parent) => cgroups::stats::pressures(ctx.cgroups.version, &parent),
+        Err(_) => Pressures::default(),
+    }
 }
 
 /// Interface counters inside the pod's network namespace (lo left out; eth0 is the default):
@@ -183,7 +208,17 @@ pub async fn list_pods(
     ctx: &Context,
     req: cri::ListPodSandboxStatsRequest,
 ) -> Result<cri::ListPodSandboxStatsResponse> {
-    let filter = req.filter.unwrap_or_default();
+    Ok(cri::ListPodSandboxStatsResponse {
+        stats: pods_matching(ctx, req.filter).await?,
+    })
+}
+
+/// Stats of the pods the filter selects (ListPodSandboxStats, StreamPodSandboxStats).
+pub async fn pods_matching(
+    ctx: &Context,
+    filter: Option<cri::PodSandboxStatsFilter>,
+) -> Result<Vec<cri::PodSandboxStats>> {
+    let filter = filter.unwrap_or_default();
     // One pass over the containers for all pods: kubelet polls this for every pod at once.
     let containers = ctx.containers.list();
     let mut stats = Vec::new();
@@ -194,7 +229,7 @@ pub async fn list_pods(
             stats.push(pod_stats(ctx, &pod, &containers).await?);
         }
     }
-    Ok(cri::ListPodSandboxStatsResponse { stats })
+    Ok(stats)
 }
 
 #[cfg(test)]
