@@ -49,10 +49,15 @@ fn judge<T>(what: &str, result: Result<T, tonic::Status>) -> Result<Option<T>, S
     }
 }
 
-/// The call got no answer from the daemon (it died under it): the status is the client's own,
-/// without the headers of a server's answer.
+/// The call got no (whole) answer from the daemon (it died under it): the status is the
+/// client's own, without the headers of a server's answer, or the headers came and the
+/// connection broke before the body (the kill fell between the two frames).
 fn cut_off(status: &tonic::Status) -> bool {
     !status.metadata().contains_key("content-type")
+        || (status.code() == Code::Unknown
+            && status
+                .message()
+                .contains("error reading a body from connection"))
 }
 
 /// One worker: pods with a container each, through their whole lives, until the daemon dies.
