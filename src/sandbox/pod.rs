@@ -38,6 +38,8 @@ pub fn spawn_agent(
     command
         .arg("pod-agent")
         .args(args)
+        // systemd's notification socket is the daemon's, not the agent's.
+        .env_remove("NOTIFY_SOCKET")
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
