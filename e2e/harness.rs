@@ -21,6 +21,8 @@ pub const CRIUS: &str = env!("CARGO_BIN_EXE_crius");
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
 /// Kubelet's gRPC message limit for the CRI (pkg/kubelet/cri/remote: maxMsgSize).
 pub const KUBELET_MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// Names the cgroup driver test daemons are configured with (`cgroupfs` or `systemd`).
+pub const CGROUP_DRIVER_ENV: &str = "CRIUS_E2E_CGROUP_DRIVER";
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -104,8 +106,16 @@ impl TestDir {
         } else {
             "shutdown_timeout_secs = 5\n"
         };
+        // CRIUS_E2E_CGROUP_DRIVER (set by hack/vm.sh --driver) picks the test daemons' cgroup
+        // driver, unless the test sets its own.
+        let driver = match std::env::var(CGROUP_DRIVER_ENV) {
+            Ok(d) if !d.is_empty() && !extra.contains("cgroup_driver") => {
+                format!("cgroup_driver = {d:?}\n")
+            }
+            _ => String::new(),
+        };
         let text = format!(
-            "root = {root:?}\nstate = {state:?}\nlisten = {sock:?}\n{shutdown}{extra}\n\
+            "root = {root:?}\nstate = {state:?}\nlisten = {sock:?}\n{shutdown}{driver}{extra}\n\
              [cni]\nconf_dir = {conf:?}\nbin_dirs = [{bins}]\n",
             root = self.root(),
             state = self.state(),
