@@ -20,6 +20,7 @@ mod lifecycle;
 mod runtime_info;
 mod sandbox;
 mod seccomp;
+mod service;
 mod stats;
 mod stream_client;
 mod streaming;
