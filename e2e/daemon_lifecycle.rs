@@ -9,7 +9,7 @@ use std::time::Duration;
 use crius::cri;
 use nix::sys::signal::Signal;
 
-use crate::harness::{Daemon, TestDir, pod_cidr_request, run_crius};
+use crate::harness::{CNI_BIN_DIR, Daemon, TestDir, pod_cidr_request, run_crius};
 use crate::registry::{StallingProxy, TestRegistry};
 
 fn daemon_with(config: &std::path::Path) -> (std::process::ExitStatus, String) {
@@ -39,8 +39,8 @@ fn config_errors_exit_2_naming_the_key_and_value() {
         ),
         (
             "invalid value",
-            "cgroup_driver = \"systemd\"",
-            vec!["cgroup_driver", "systemd"],
+            "cgroup_driver = \"systemdd\"",
+            vec!["cgroup_driver", "systemdd"],
         ),
         (
             "invalid mirror",
@@ -76,6 +76,116 @@ fn config_errors_exit_2_naming_the_key_and_value() {
         "{err}"
     );
     // Nothing was created for a refused config.
+    assert!(!dir.socket().exists());
+    assert_eq!(std::fs::read_dir(dir.root()).unwrap().count(), 0);
+}
+
+/// Writes `name` into the config.d next to the test dir's config files.
+fn write_drop_in(dir: &TestDir, name: &str, text: &str) -> std::path::PathBuf {
+    let drop_ins = dir.path().join("config.d");
+    std::fs::create_dir_all(&drop_ins).unwrap();
+    let path = drop_ins.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn effective_config(daemon: &Daemon) -> serde_json::Value {
+    let status = daemon
+        .runtime()
+        .await
+        .unwrap()
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    serde_json::from_str(&status.info["config"]).unwrap()
+}
+
+/// Drop-ins in config.d next to the config file merge over it in file-name order, and Status
+/// reports the merged result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_d_drop_ins_merge_over_the_config_file() {
+    let dir = TestDir::new();
+    let config = dir.write_config(
+        "config.toml",
+        "[streaming]\ntoken_ttl_secs = 30\n\
+         [registry.mirrors]\n\"a.example\" = [\"http://127.0.0.1:5000\"]\n\
+         \"b.example\" = [\"http://127.0.0.1:5001\"]\n",
+    );
+    // Applied by name: 30 after 10 whatever the order they were written in.
+    write_drop_in(&dir, "30-ttl.toml", "[streaming]\ntoken_ttl_secs = 120\n");
+    write_drop_in(&dir, "10-ttl.toml", "[streaming]\ntoken_ttl_secs = 90\n");
+    write_drop_in(
+        &dir,
+        "20-mirrors.toml",
+        "[registry.mirrors]\n\"b.example\" = [\"https://mirror.example\"]\n\
+         \"c.example\" = [\"https://c.example\"]\n",
+    );
+    write_drop_in(&dir, "README", "not a drop-in: ignored [");
+    let mut daemon = Daemon::start_in(dir, config).await;
+    let c = effective_config(&daemon).await;
+    assert_eq!(c["streaming"]["token_ttl_secs"], 120, "{c}");
+    let mirrors = &c["registry"]["mirrors"];
+    assert_eq!(
+        *mirrors,
+        serde_json::json!({
+            "a.example": ["http://127.0.0.1:5000"],
+            "b.example": ["https://mirror.example"],
+            "c.example": ["https://c.example"],
+        }),
+        "{c}"
+    );
+    // Keys only the main file sets stay.
+    assert_eq!(c["shutdown_timeout_secs"], 5, "{c}");
+    assert_eq!(
+        c["cni"]["bin_dirs"],
+        serde_json::json!([CNI_BIN_DIR]),
+        "{c}"
+    );
+    daemon.stop();
+}
+
+#[test]
+fn a_bad_drop_in_exits_2_naming_its_file_key_and_value() {
+    let dir = TestDir::new();
+    let config = dir.write_config("config.toml", "");
+    write_drop_in(&dir, "10-ok.toml", "[streaming]\ntoken_ttl_secs = 90\n");
+    let cases = [
+        (
+            "invalid value",
+            "[streaming]\ntoken_ttl_secs = 0\n",
+            vec!["streaming.token_ttl_secs", "\"0\""],
+        ),
+        (
+            "invalid mirror",
+            "[registry.mirrors]\n\"docker.io\" = [\"mirror.example\"]\n",
+            vec!["docker.io", "mirror.example"],
+        ),
+        ("unknown key", "[registry]\nmirros = {}\n", vec!["mirros"]),
+        (
+            "wrong type",
+            "[streaming]\ntoken_ttl_secs = \"soon\"\n",
+            vec!["token_ttl_secs", "soon"],
+        ),
+    ];
+    for (what, text, needles) in cases {
+        let bad = write_drop_in(&dir, "20-bad.toml", text);
+        let (status, err) = daemon_with(&config);
+        assert_eq!(status.code(), Some(2), "{what}: {status}\n{err}");
+        assert!(
+            err.contains(bad.to_str().unwrap()),
+            "{what}: the file is not named in {err:?}"
+        );
+        for needle in needles {
+            assert!(err.contains(needle), "{what}: {needle:?} not in {err:?}");
+        }
+    }
+    // An unreadable drop-in is named too.
+    let bad = write_drop_in(&dir, "20-bad.toml", "");
+    std::fs::write(&bad, b"\xff\xfe").unwrap();
+    let (status, err) = daemon_with(&config);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains(bad.to_str().unwrap()), "{err}");
     assert!(!dir.socket().exists());
     assert_eq!(std::fs::read_dir(dir.root()).unwrap().count(), 0);
 }
@@ -316,4 +426,40 @@ fn check_reports_the_host_and_fails_without_cni_plugins() {
     assert_eq!(status.code(), Some(1), "{out}");
     assert!(out.contains("[FAIL] CNI plugin loopback"), "{out}");
     assert_eq!(status.signal(), None);
+}
+
+#[test]
+fn check_reports_the_cgroup_version_and_driver() {
+    let dir = TestDir::new();
+    let good = dir.write_config("good.toml", "");
+    let (status, out, _) = run_crius(&["check", "--config", good.to_str().unwrap()]);
+    assert!(status.success(), "{out}");
+    assert!(out.contains("[ ok ] cgroup version: v"), "{out}");
+    assert!(out.contains("[ ok ] cgroup driver: cgroupfs"), "{out}");
+    if std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").is_ok() {
+        assert!(
+            out.contains("cgroup.subtree_control of /sys/fs/cgroup"),
+            "{out}"
+        );
+    }
+    assert!(!out.contains("D-Bus"), "{out}");
+
+    // The systemd driver: check reports what it needs of the host. Where systemd is not PID 1
+    // (this host), check fails and the daemon does not start, naming the bus it could not reach.
+    let systemd = dir.write_config("systemd.toml", "cgroup_driver = \"systemd\"\n");
+    let (_, out, err) = run_crius(&["check", "--config", systemd.to_str().unwrap()]);
+    for needle in [
+        "[ ok ] cgroup driver: systemd",
+        "systemd as PID 1: ",
+        "D-Bus system bus: ",
+        "CNI plugin loopback",
+    ] {
+        assert!(out.contains(needle), "{needle:?} not in:\n{out}\n{err}");
+    }
+    let systemd_runs = std::fs::read_to_string("/proc/1/comm").is_ok_and(|c| c.trim() == "systemd");
+    if !systemd_runs {
+        let (status, _, err) = run_crius(&["daemon", "--config", systemd.to_str().unwrap()]);
+        assert_eq!(status.code(), Some(1), "{err}");
+        assert!(err.contains("system bus"), "{err}");
+    }
 }

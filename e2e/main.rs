@@ -17,6 +17,7 @@ mod hostile_input;
 mod images;
 mod kubelet_shapes;
 mod lifecycle;
+mod mounts;
 mod runtime_info;
 mod sandbox;
 mod seccomp;

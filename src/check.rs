@@ -1,11 +1,34 @@
 //! `crius check`: host preflight. Prints what the runtime needs and whether this host has it;
 //! any missing requirement makes the command exit non-zero.
 
+mod systemd;
+
 use std::path::Path;
 
-use crate::cgroups::{self, CgroupVersion};
-use crate::config::Config;
+use crate::cgroups::{self, CGROUP_ROOT, CgroupVersion};
+use crate::config::{Config, ConfigError, ConfigFiles, Overrides};
 use crate::network;
+
+/// The driver name the systemd checks apply to.
+const SYSTEMD: &str = "systemd";
+
+/// The configuration `check` runs against.
+#[derive(Debug, Clone)]
+pub struct CheckConfig {
+    pub config: Config,
+    /// The cgroup driver the configuration asks for.
+    pub driver: String,
+}
+
+/// Loads the configuration as the daemon does. A systemd driver the daemon refuses is not a
+/// configuration error here but a finding: the rest is checked with the default driver.
+pub fn load(files: &ConfigFiles, overrides: &Overrides) -> Result<CheckConfig, ConfigError> {
+    let config = files.config(overrides)?;
+    Ok(CheckConfig {
+        driver: config.cgroup_driver.as_str().to_string(),
+        config,
+    })
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -36,7 +59,8 @@ fn required(ok: bool, what: &str, detail: impl Into<String>) -> Finding {
 }
 
 /// Runs every check against this host and the given configuration.
-pub fn run(config: &Config) -> Vec<Finding> {
+pub fn run(checked: &CheckConfig) -> Vec<Finding> {
+    let config = &checked.config;
     let mut out = Vec::new();
     let uid = nix::unistd::geteuid();
     out.push(required(
@@ -59,6 +83,7 @@ pub fn run(config: &Config) -> Vec<Finding> {
 
     out.push(check_overlay());
     out.extend(check_cgroups());
+    out.extend(check_cgroup_driver(checked));
     out.extend(check_cni(config));
 
     let iptables = ["/usr/sbin/iptables", "/sbin/iptables", "/usr/bin/iptables"]
@@ -115,8 +140,8 @@ fn check_cgroups() -> Vec<Finding> {
     };
     let mut out = vec![finding(
         Level::Ok,
-        format!("cgroup {version}"),
-        format!("controllers: {}", layout.controllers.join(" ")),
+        "cgroup version",
+        format!("{version}; controllers: {}", layout.controllers.join(" ")),
     )];
     for controller in cgroups::required_controllers(layout.version) {
         let present = layout.controllers.iter().any(|c| c == controller);
@@ -126,6 +151,95 @@ fn check_cgroups() -> Vec<Finding> {
             if present { "available" } else { "missing" },
         ));
     }
+    if layout.version == CgroupVersion::V2 {
+        out.push(check_v2_subtree(
+            Path::new(CGROUP_ROOT),
+            &layout.controllers,
+        ));
+    }
+    out
+}
+
+/// Controllers pod cgroups get limits through on v2; the root must enable them for its children.
+pub const V2_SUBTREE_CONTROLLERS: [&str; 5] = ["cpu", "cpuset", "io", "memory", "pids"];
+
+/// Whether the v2 cgroup at `root` enables [`V2_SUBTREE_CONTROLLERS`] for its children in its
+/// `cgroup.subtree_control`. Missing ones are a warning while crius can enable them itself (it
+/// does, creating pod cgroups: the controller is available and no process lives in `root`, or
+/// `root` is the real root cgroup); otherwise a failure for a required controller.
+pub fn check_v2_subtree(root: &Path, available: &[String]) -> Finding {
+    let file = root.join("cgroup.subtree_control");
+    let what = format!("cgroup.subtree_control of {}", root.display());
+    let enabled = match std::fs::read_to_string(&file) {
+        Ok(text) => cgroups::parse_v2_controllers(&text),
+        Err(e) => {
+            return finding(
+                Level::Fail,
+                what,
+                format!("cannot read {}: {e}", file.display()),
+            );
+        }
+    };
+    let missing: Vec<&str> = V2_SUBTREE_CONTROLLERS
+        .into_iter()
+        .filter(|c| !enabled.iter().any(|e| e == c))
+        .collect();
+    if missing.is_empty() {
+        return finding(
+            Level::Ok,
+            what,
+            format!("enables {}", V2_SUBTREE_CONTROLLERS.join(" ")),
+        );
+    }
+    let root_can_enable = can_enable_below(root);
+    let (enableable, stuck): (Vec<&str>, Vec<&str>) = missing
+        .iter()
+        .partition(|c| root_can_enable && available.iter().any(|a| a == *c));
+    let required = cgroups::required_controllers(CgroupVersion::V2);
+    let level = if stuck.iter().any(|c| required.contains(c)) {
+        Level::Fail
+    } else {
+        Level::Warn
+    };
+    let mut detail = format!("does not enable {}", missing.join(" "));
+    if !enableable.is_empty() {
+        detail.push_str(&format!(
+            "; crius enables {} as it creates pod cgroups",
+            enableable.join(" ")
+        ));
+    }
+    if !stuck.is_empty() {
+        detail.push_str(&format!(
+            "; {} cannot be enabled ({}): limits on them are skipped",
+            stuck.join(" "),
+            if root_can_enable {
+                "not available in cgroup.controllers"
+            } else {
+                "processes live in this cgroup; move them to a child cgroup first"
+            }
+        ));
+    }
+    finding(level, what, detail)
+}
+
+/// Whether controllers can be enabled for the children of the v2 cgroup at `root`: the real
+/// root cgroup (which has no `cgroup.type`) always can; any other only while no process lives
+/// in it ("no internal processes").
+fn can_enable_below(root: &Path) -> bool {
+    if !root.join("cgroup.type").exists() {
+        return true;
+    }
+    std::fs::read_to_string(root.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty())
+}
+
+/// The configured cgroup driver and, for systemd, what that driver needs of the host.
+fn check_cgroup_driver(checked: &CheckConfig) -> Vec<Finding> {
+    let mut out = vec![finding(Level::Ok, "cgroup driver", checked.driver.as_str())];
+    if checked.driver != SYSTEMD {
+        return out;
+    }
+    out.push(systemd::check_pid1());
+    out.push(systemd::check_system_bus());
     out
 }
 
@@ -188,4 +302,118 @@ pub fn report(findings: &[Finding]) -> bool {
         println!("crius cannot run on this host: {failed} requirement(s) missing");
     }
     failed == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v2_root(subtree_control: &str, typed: bool, procs: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cgroup.subtree_control"), subtree_control).unwrap();
+        std::fs::write(dir.path().join("cgroup.procs"), procs).unwrap();
+        if typed {
+            std::fs::write(dir.path().join("cgroup.type"), "domain\n").unwrap();
+        }
+        dir
+    }
+
+    fn all_available() -> Vec<String> {
+        V2_SUBTREE_CONTROLLERS.map(String::from).to_vec()
+    }
+
+    #[test]
+    fn v2_subtree_control_with_everything_enabled() {
+        let root = v2_root("cpuset cpu io memory hugetlb pids\n", true, "1\n");
+        let f = check_v2_subtree(root.path(), &all_available());
+        assert_eq!(f.level, Level::Ok, "{}", f.detail);
+        assert!(f.what.contains("cgroup.subtree_control"), "{}", f.what);
+    }
+
+    #[test]
+    fn v2_missing_controllers_crius_can_enable_are_a_warning() {
+        // The real root cgroup (no cgroup.type) can always enable them, processes or not.
+        let root = v2_root("cpu memory\n", false, "1\n");
+        let f = check_v2_subtree(root.path(), &all_available());
+        assert_eq!(f.level, Level::Warn, "{}", f.detail);
+        assert!(
+            f.detail.contains("does not enable cpuset io pids"),
+            "{}",
+            f.detail
+        );
+        // A delegated cgroup without processes can too.
+        let root = v2_root("cpu memory\n", true, "");
+        assert_eq!(
+            check_v2_subtree(root.path(), &all_available()).level,
+            Level::Warn
+        );
+    }
+
+    #[test]
+    fn v2_missing_controllers_that_cannot_be_enabled_name_them() {
+        // Processes in a non-root cgroup: nothing can be enabled below it.
+        let root = v2_root("cpu cpuset io\n", true, "42\n");
+        let f = check_v2_subtree(root.path(), &all_available());
+        assert_eq!(f.level, Level::Fail, "{}", f.detail);
+        assert!(
+            f.detail.contains("memory pids") && f.detail.contains("processes"),
+            "{}",
+            f.detail
+        );
+        // Only io missing, which no pod needs to run: a warning.
+        let root = v2_root("cpu cpuset memory pids\n", true, "42\n");
+        let f = check_v2_subtree(root.path(), &all_available());
+        assert_eq!(f.level, Level::Warn, "{}", f.detail);
+        assert!(f.detail.contains("io"), "{}", f.detail);
+        // Not available at all: crius cannot enable it either.
+        let root = v2_root("cpu cpuset memory\n", false, "1\n");
+        let available = vec!["cpu".into(), "cpuset".into(), "memory".into()];
+        let f = check_v2_subtree(root.path(), &available);
+        assert_eq!(f.level, Level::Fail, "{}", f.detail);
+        assert!(f.detail.contains("not available"), "{}", f.detail);
+    }
+
+    #[test]
+    fn v2_unreadable_subtree_control_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = check_v2_subtree(dir.path(), &all_available());
+        assert_eq!(f.level, Level::Fail);
+        assert!(f.detail.contains("cannot read"), "{}", f.detail);
+    }
+
+    fn files(text: &str) -> (tempfile::TempDir, ConfigFiles) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crius.toml");
+        std::fs::write(&path, text).unwrap();
+        let files = ConfigFiles::read(&path, true).unwrap();
+        (dir, files)
+    }
+
+    #[test]
+    fn the_configured_driver_is_reported() {
+        let (_dir, f) = files("");
+        let checked = load(&f, &Overrides::default()).unwrap();
+        assert_eq!(checked.driver, "cgroupfs");
+        let out = check_cgroup_driver(&checked);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].what.as_str(), out[0].level),
+            ("cgroup driver", Level::Ok)
+        );
+        assert_eq!(out[0].detail, "cgroupfs");
+    }
+
+    #[test]
+    fn the_systemd_driver_checks_pid1_and_the_bus() {
+        let (_dir, f) = files("cgroup_driver = \"systemd\"\nlog_level = \"debug\"\n");
+        let checked = load(&f, &Overrides::default()).unwrap();
+        assert_eq!(checked.driver, "systemd");
+        let out = check_cgroup_driver(&checked);
+        for what in ["systemd as PID 1", "D-Bus system bus"] {
+            assert!(out.iter().any(|f| f.what == what), "{what}: {out:?}");
+        }
+        let (_dir, f) = files("cgroup_driver = \"sistemd\"\n");
+        let e = load(&f, &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("sistemd"), "{e}");
+    }
 }

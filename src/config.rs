@@ -1,20 +1,37 @@
-//! Daemon configuration: a TOML file with documented defaults, overridden by command-line flags.
+//! Daemon configuration: a TOML file with documented defaults, the drop-ins of the `config.d`
+//! directory next to it merged over it in file-name order, and command-line flags over both.
 //!
 //! Every key is listed in README.md. Parsing is strict: an unknown key, a wrong type or an invalid
-//! value is a [`ConfigError`] that names the key and the value, and the daemon exits with status 2.
+//! value is a [`ConfigError`] that names the file (or flag) it came from, the key and the value,
+//! and the daemon exits with status 2.
+//!
+//! Merging, as CRI-O's `crio.conf.d`: a key set in a later file wins; tables merge key by key
+//! (mirrors from several files accumulate); any other value, arrays included, is replaced whole.
+//! Each file must be valid on its own as to keys and types; values are validated once, on the
+//! merged result, and an invalid one is blamed on the file or flag that set it last.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod files;
+
+use files::key_path;
+pub use files::{ConfigFiles, drop_in_dir};
+
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/crius/config.toml";
 pub const DEFAULT_ROOT: &str = "/var/lib/crius";
 pub const DEFAULT_STATE: &str = "/run/crius";
 /// The socket file name inside the state dir when `listen` is not set.
 pub const SOCKET_NAME: &str = "crius.sock";
+/// The drop-in directory, next to the main config file.
+pub const DROP_IN_DIR: &str = "config.d";
+/// Drop-ins are the files of [`DROP_IN_DIR`] with this extension.
+pub const DROP_IN_EXTENSION: &str = "toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -23,8 +40,22 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot read config directory {path}: {source}")]
+    ReadDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    /// The files were each valid but their merge is not (cannot happen with the merge rules).
+    #[error("merging config files {files}: {message}")]
+    Merge { files: String, message: String },
+    /// A [`ConfigError::Invalid`] value and the file or flag that set it.
+    #[error("{origin}: {source}")]
+    At {
+        origin: Origin,
+        source: Box<ConfigError>,
+    },
     #[error("invalid value for {key}: {value:?}: {reason}")]
     Invalid {
         key: String,
@@ -43,6 +74,23 @@ impl ConfigError {
             key: key.into(),
             value: value.into(),
             reason: reason.into(),
+        }
+    }
+}
+
+/// Where a setting came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    File(PathBuf),
+    /// A command-line flag, by its long name.
+    Flag(&'static str),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File(path) => write!(f, "config file {}", path.display()),
+            Origin::Flag(name) => write!(f, "command-line flag --{name}"),
         }
     }
 }
@@ -76,11 +124,26 @@ pub enum LogFormat {
     Json,
 }
 
-/// Only cgroupfs is built; the systemd driver needs systemd as PID 1 and is refused until it is.
+/// How pods' and containers' cgroups are made: directories crius names (cgroupfs), or
+/// transient systemd units (systemd, which needs systemd as PID 1 and its system bus).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CgroupDriver {
     Cgroupfs,
+    Systemd,
+}
+
+impl CgroupDriver {
+    /// The key whose value this is.
+    pub const KEY: &'static str = "cgroup_driver";
+
+    /// The name as the config file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupDriver::Cgroupfs => "cgroupfs",
+            CgroupDriver::Systemd => "systemd",
+        }
+    }
 }
 
 /// The whole configuration as the file spells it. Paths are absolute after [`Config::validate`].
@@ -203,28 +266,14 @@ pub struct Overrides {
 }
 
 impl Config {
-    /// Reads `path` (a missing file at the default path means defaults), applies the overrides
-    /// and validates the result.
+    /// Reads `path` (a missing file at the default path means defaults) and the drop-ins next to
+    /// it, merges them, applies the overrides and validates the result.
     pub fn load(
         path: &Path,
         explicit_path: bool,
         overrides: &Overrides,
     ) -> Result<Config, ConfigError> {
-        let mut config = match std::fs::read_to_string(path) {
-            Ok(text) => Config::parse(path, &text)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit_path => {
-                Config::default()
-            }
-            Err(source) => {
-                return Err(ConfigError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                });
-            }
-        };
-        config.apply(overrides);
-        config.validate()?;
-        Ok(config)
+        ConfigFiles::read(path, explicit_path)?.config(overrides)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
@@ -283,19 +332,20 @@ impl Config {
                 "must be 1-3600",
             ));
         }
+        // Blamed on the key that is set, so the error names the file that set it.
         match (&self.streaming.tls_cert, &self.streaming.tls_key) {
-            (Some(_), None) => {
-                return Err(ConfigError::invalid(
-                    "streaming.tls_key",
-                    "",
-                    "tls_cert is set, so tls_key must be too",
-                ));
-            }
-            (None, Some(_)) => {
+            (Some(cert), None) => {
                 return Err(ConfigError::invalid(
                     "streaming.tls_cert",
-                    "",
-                    "tls_key is set, so tls_cert must be too",
+                    cert.display().to_string(),
+                    "streaming.tls_key is not set: give both or neither",
+                ));
+            }
+            (None, Some(key)) => {
+                return Err(ConfigError::invalid(
+                    "streaming.tls_key",
+                    key.display().to_string(),
+                    "streaming.tls_cert is not set: give both or neither",
                 ));
             }
             _ => {}
@@ -325,7 +375,7 @@ impl Config {
             ));
         }
         for (host, endpoints) in &self.registry.mirrors {
-            let key = format!("registry.mirrors.{host:?}");
+            let key = key_path("registry.mirrors", host);
             validate_registry_host(&key, host)?;
             if endpoints.is_empty() {
                 return Err(ConfigError::invalid(
@@ -499,10 +549,10 @@ mod tests {
         assert!(e.contains("log_level") && e.contains("loud"), "{e}");
         let e = parse("root = \"relative\"").unwrap_err().to_string();
         assert!(e.contains("root") && e.contains("relative"), "{e}");
-        let e = parse("cgroup_driver = \"systemd\"")
+        let e = parse("cgroup_driver = \"systemdd\"")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("systemd"), "{e}");
+        assert!(e.contains("systemdd"), "{e}");
         let e = parse("[streaming]\naddress = \"nope\"")
             .unwrap_err()
             .to_string();

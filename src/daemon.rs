@@ -41,6 +41,8 @@ pub enum DaemonError {
     Sandboxes(crate::error::Error),
     #[error("containers: {0}")]
     Containers(crate::error::Error),
+    #[error("the systemd cgroup driver: {0}")]
+    Systemd(#[from] crate::cgroups::systemd::SystemdError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -102,12 +104,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         controllers = %cgroups.controllers.join(","),
         "cgroups detected"
     );
+    let driver = cgroup_driver(&config, cgroups.version).await?;
     let shutdown_timeout = config.shutdown_timeout();
     let sandboxes = Sandboxes::new(
         store.clone(),
         &config.state,
         config.cni.clone(),
         cgroups.version,
+        driver.clone(),
     )
     .map_err(DaemonError::Sandboxes)?;
     let containers = Containers::load(
@@ -116,6 +120,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         &config.root,
         &config.state,
         cgroups.version,
+        driver,
     )
     .map_err(DaemonError::Containers)?;
     create_reported_dirs(&images, &containers)?;
@@ -215,6 +220,25 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     remove_socket(&socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The configured cgroup driver, connected: with systemd, to its manager over the system bus.
+async fn cgroup_driver(
+    config: &Config,
+    version: cgroups::CgroupVersion,
+) -> Result<cgroups::Driver, DaemonError> {
+    match config.cgroup_driver {
+        crate::config::CgroupDriver::Cgroupfs => {
+            cgroups::set_driver_kind(cgroups::DriverKind::Cgroupfs);
+            Ok(cgroups::Driver::Cgroupfs)
+        }
+        crate::config::CgroupDriver::Systemd => {
+            let systemd = cgroups::systemd::Systemd::connect(version).await?;
+            cgroups::set_driver_kind(cgroups::DriverKind::Systemd);
+            tracing::info!("cgroup driver: systemd");
+            Ok(cgroups::Driver::Systemd(Arc::new(systemd)))
+        }
+    }
 }
 
 /// Root and state dirs: created with their parents, not readable by other users.

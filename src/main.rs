@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crius::config::{self, Config, LogFormat, LogLevel, Overrides};
+use crius::config::{self, Config, ConfigError, ConfigFiles, LogFormat, LogLevel, Overrides};
 
 #[derive(Parser)]
 #[command(
@@ -66,35 +66,48 @@ struct ConfigArgs {
 }
 
 impl ConfigArgs {
-    /// Loads the effective configuration; exits with status 2 when it is not valid.
-    fn load(&self) -> Result<Config, ExitCode> {
-        let overrides = Overrides {
+    fn overrides(&self) -> Overrides {
+        Overrides {
             root: self.root.clone(),
             state: self.state.clone(),
             listen: self.listen.clone(),
             log_level: self.log_level,
             log_format: self.log_format,
-        };
+        }
+    }
+
+    /// The config file and its drop-ins; exits with status 2 when one cannot be read or parsed.
+    fn files(&self) -> Result<ConfigFiles, ExitCode> {
         let path = self
             .config
             .clone()
             .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
-        Config::load(&path, self.config.is_some(), &overrides).map_err(|e| {
-            eprintln!("crius: {e}");
-            ExitCode::from(2)
-        })
+        ConfigFiles::read(&path, self.config.is_some()).map_err(config_error)
     }
+
+    /// Loads the effective configuration; exits with status 2 when it is not valid.
+    fn load(&self) -> Result<(Config, ConfigFiles), ExitCode> {
+        let files = self.files()?;
+        let config = files.config(&self.overrides()).map_err(config_error)?;
+        Ok((config, files))
+    }
+}
+
+fn config_error(e: ConfigError) -> ExitCode {
+    eprintln!("crius: {e}");
+    ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Daemon(args) => {
-            let config = match args.load() {
-                Ok(c) => c,
+            let (config, files) = match args.load() {
+                Ok(loaded) => loaded,
                 Err(code) => return code,
             };
             crius::logging::init(config.log_level, config.log_format);
+            tracing::info!(files = ?files.paths(), "configuration loaded");
             limit_malloc_arenas();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -142,11 +155,13 @@ fn main() -> ExitCode {
             }
         }
         Command::Check(args) => {
-            let config = match args.load() {
+            let checked = match args.files().and_then(|files| {
+                crius::check::load(&files, &args.overrides()).map_err(config_error)
+            }) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            if crius::check::report(&crius::check::run(&config)) {
+            if crius::check::report(&crius::check::run(&checked)) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -10,8 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 
 use super::proto::{
-    Attach, ErrorKind, ExecStream, ExecSync, Forget, Ping, ReopenLog, Request, Response, Shutdown,
-    StartContainer, Watch, WatchEvent, request,
+    Attach, ErrorKind, ExecStream, ExecSync, Forget, Ping, Release, ReopenLog, Request, Response,
+    Shutdown, StartContainer, Watch, WatchEvent, request,
 };
 use super::{MAX_ANSWER, StreamFds, frame, recv_with_fds};
 
@@ -115,6 +115,17 @@ pub async fn shutdown(socket: &Path) -> Result<Response, CallError> {
 pub async fn start(socket: &Path, request: StartContainer) -> Result<Response, CallError> {
     // Set-up (mounts, a big rootfs) may take longer than a ping.
     call_within(socket, request::Kind::Start(request), 4 * TIMEOUT).await
+}
+
+/// Lets a container started with `hold` go on; answers its pid and start time once it has
+/// exec'd.
+pub async fn release(socket: &Path, id: &str) -> Result<Response, CallError> {
+    call_within(
+        socket,
+        request::Kind::Release(Release { id: id.to_string() }),
+        4 * TIMEOUT,
+    )
+    .await
 }
 
 /// Runs a command in a container and waits for it; `timeout` zero means none.

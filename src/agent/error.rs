@@ -13,6 +13,8 @@ pub enum AgentError {
     NotRunning(String),
     #[error("container {0} was started already")]
     AlreadyStarted(String),
+    #[error("container {0} is not held for a release")]
+    NotHeld(String),
     /// A forked child could not become the container's process or the exec'd command, or a
     /// step of the agent's own failed with the same kind of cause.
     #[error(transparent)]
@@ -48,7 +50,7 @@ impl AgentError {
 
     pub fn kind(&self) -> ErrorKind {
         match self {
-            AgentError::NotRunning(_) => ErrorKind::FailedPrecondition,
+            AgentError::NotRunning(_) | AgentError::NotHeld(_) => ErrorKind::FailedPrecondition,
             AgentError::AlreadyStarted(_) => ErrorKind::AlreadyStarted,
             AgentError::ShuttingDown => ErrorKind::FailedPrecondition,
             AgentError::Protocol(_) => ErrorKind::InvalidArgument,

@@ -123,6 +123,8 @@ struct Agent {
     streams: Vec<StreamSession>,
     /// The daemon's Watch connections: every container start and exit is sent on each.
     watchers: Vec<Watcher>,
+    /// Containers forked with `hold`, waiting for Release.
+    held: HashMap<String, (spawn::Forked, super::proto::StartContainer, LogWriter)>,
     /// Names the connections in the poll set (indices move as sessions come and go).
     next_token: u64,
 }
@@ -174,6 +176,7 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
         execs: Vec::new(),
         streams: Vec::new(),
         watchers: Vec::new(),
+        held: HashMap::new(),
         next_token: 0,
     };
     // Start-up code will not run again: keep only what the loop uses resident.
@@ -378,6 +381,13 @@ impl Agent {
                 }
                 Err(e) => fail(&mut response, e),
             },
+            Some(request::Kind::Release(release)) => match self.release(&release.id) {
+                Ok((pid, started_at)) => {
+                    response.container_pid = pid.as_raw() as u32;
+                    response.started_at = started_at;
+                }
+                Err(e) => fail(&mut response, e),
+            },
             Some(request::Kind::ExecStream(exec)) => {
                 // Answered inside, with descriptors; the session keeps the connection.
                 self.serve_exec_stream(exec, conn)?;
@@ -406,6 +416,10 @@ impl Agent {
             },
             Some(request::Kind::Forget(f)) => {
                 self.containers.remove(&f.id);
+                if let Some((forked, _, _)) = self.held.remove(&f.id) {
+                    // Never released: it has run nothing of the container's.
+                    let _ = nix::sys::signal::kill(forked.pid, Signal::SIGKILL);
+                }
             }
             None => fail(
                 &mut response,
@@ -460,11 +474,13 @@ impl Agent {
     }
 
     /// Starts a container; its pid and start time. A container is started once.
+    /// Starts a container; its pid and start time. A container is started once. With `hold`
+    /// it is only forked, its pid answered, and Release finishes the start.
     fn start_container(
         &mut self,
         start: super::proto::StartContainer,
     ) -> Result<(Pid, i64), AgentError> {
-        if self.containers.contains_key(&start.id) {
+        if self.containers.contains_key(&start.id) || self.held.contains_key(&start.id) {
             return Err(AgentError::AlreadyStarted(start.id));
         }
         let log = if start.log_path.is_empty() {
@@ -474,7 +490,30 @@ impl Agent {
                 format!("opening the log {}", start.log_path),
             ))?
         };
-        let started = spawn::container(&start)?;
+        let forked = spawn::fork_container(&start)?;
+        if start.hold {
+            let pid = forked.pid;
+            self.held.insert(start.id.clone(), (forked, start, log));
+            return Ok((pid, 0));
+        }
+        self.finish_start(spawn::finish(forked)?, start, log)
+    }
+
+    /// Release: a held container goes on to exec.
+    fn release(&mut self, id: &str) -> Result<(Pid, i64), AgentError> {
+        let Some((forked, start, log)) = self.held.remove(id) else {
+            return Err(AgentError::NotHeld(id.to_string()));
+        };
+        self.finish_start(spawn::finish(forked)?, start, log)
+    }
+
+    /// A container's process has exec'd: from now on its output is logged, its exit recorded.
+    fn finish_start(
+        &mut self,
+        started: spawn::Started,
+        start: super::proto::StartContainer,
+        log: LogWriter,
+    ) -> Result<(Pid, i64), AgentError> {
         let started_at = now_ns();
         let terminal = if start.tty {
             Some(
@@ -812,6 +851,9 @@ impl Agent {
         }
         for c in self.containers.values().filter(|c| c.running()) {
             let _ = nix::sys::signal::kill(c.pid, Signal::SIGKILL);
+        }
+        for (forked, _, _) in self.held.values() {
+            let _ = nix::sys::signal::kill(forked.pid, Signal::SIGKILL);
         }
         if let Some(init) = self.pid_init {
             // The namespace ends with its PID 1, and every process in it with it.

@@ -62,6 +62,57 @@ fn fork_into(flags: CloneFlags) -> Result<Pid, AgentError> {
     }
 }
 
+/// `struct clone_args` of clone3(2) (include/uapi/linux/sched.h), as far as `cgroup`.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// CLONE_INTO_CGROUP (Linux 5.7): the child starts in the cgroup v2 directory `cgroup` names.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// fork into a cgroup v2 directory at once (no migration afterwards), with namespace flags.
+/// None when the kernel cannot (clone3 or CLONE_INTO_CGROUP unknown, or refused): the caller
+/// forks as usual and the child joins by writing cgroup.procs.
+fn fork_into_cgroup(flags: CloneFlags, cgroup: &OwnedFd) -> Option<Result<Pid, AgentError>> {
+    let args = CloneArgs {
+        flags: flags.bits() as u64 | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..Default::default()
+    };
+    // SAFETY: as for fork_into: the agent is single-threaded and, with no stack given, the
+    // child continues on a copy-on-write copy of this stack as after fork. `args` is a valid
+    // clone_args of the size passed, and the cgroup descriptor it names is open.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match rc {
+        -1 => match nix::errno::Errno::last() {
+            nix::errno::Errno::ENOSYS | nix::errno::Errno::EINVAL | nix::errno::Errno::E2BIG => {
+                None
+            }
+            e => Some(Err(AgentError::at("clone3")(e))),
+        },
+        pid => Some(Ok(Pid::from_raw(pid as i32))),
+    }
+}
+
 /// In the child: report `error` to the agent (its errno as 4 bytes, little-endian, 0 for none,
 /// then the message) and exit without running any destructor or atexit handler of the agent's.
 fn fail_child(error_pipe: &OwnedFd, error: &SetupError) -> ! {
@@ -113,8 +164,30 @@ pub fn pid_init() -> Result<Pid, AgentError> {
     }
 }
 
+/// A container's first process, forked, not yet known to have exec'd: what the agent keeps to
+/// finish starting it.
+pub struct Forked {
+    pub pid: Pid,
+    error_read: OwnedFd,
+    /// With `hold`: writing a byte lets the process go on.
+    release: Option<OwnedFd>,
+    out: Option<OwnedFd>,
+    err: Option<OwnedFd>,
+    /// With a tty: our side of the socket the terminal's master comes over.
+    console: Option<OwnedFd>,
+    stdin_keep: Option<OwnedFd>,
+    tty: bool,
+    stdin: bool,
+}
+
 /// Starts a container's first process from its bundle.
 pub fn container(start: &StartContainer) -> Result<Started, AgentError> {
+    finish(fork_container(start)?)
+}
+
+/// Forks a container's first process. With `start.hold` it waits, before doing anything, for
+/// `finish` to let it go on.
+pub fn fork_container(start: &StartContainer) -> Result<Forked, AgentError> {
     let (stdin_child, stdin_keep) = if start.stdin {
         let (r, w) = pipe()?;
         (r, Some(w))
@@ -132,34 +205,31 @@ pub fn container(start: &StartContainer) -> Result<Started, AgentError> {
         (out_w, err_w, Some(out_r), Some(err_r), None)
     };
     let (error_read, error_write) = pipe()?;
+    let (release_read, release_write) = if start.hold {
+        let (r, w) = pipe()?;
+        (Some(r), Some(w))
+    } else {
+        (None, None)
+    };
     let mut flags = CloneFlags::CLONE_NEWNS;
     flags.set(CloneFlags::CLONE_NEWPID, start.new_pid_ns);
-    // A new PID namespace can only be made from the one a process is in: when our children
-    // otherwise go into the pod's namespace, step back to ours for this clone.
-    let restore = if start.new_pid_ns {
-        let children = std::fs::File::open("/proc/self/ns/pid_for_children")
-            .map_err(AgentError::at_io("opening our pid namespace"))?;
-        let own = std::fs::File::open("/proc/self/ns/pid")
-            .map_err(AgentError::at_io("opening our pid namespace"))?;
-        nix::sched::setns(&own, CloneFlags::CLONE_NEWPID)
-            .map_err(AgentError::at("entering our own pid namespace"))?;
-        Some(children)
-    } else {
-        None
-    };
-    let forked = fork_into(flags);
-    if let Some(children) = restore
-        && !matches!(&forked, Ok(pid) if pid.as_raw() == 0)
-        && let Err(e) = nix::sched::setns(&children, CloneFlags::CLONE_NEWPID)
-    {
-        eprintln!("crius pod-agent: returning to the pod's pid namespace: {e}");
-    }
-    let pid = forked?;
+    // On cgroup v2 the process is made in its cgroup, rather than moved there after.
+    let cgroup = (!start.cgroup_dir.is_empty())
+        .then(|| {
+            std::fs::File::open(&start.cgroup_dir)
+                .map(OwnedFd::from)
+                .ok()
+        })
+        .flatten();
+    let (pid, in_cgroup) = fork_in_pid_namespace(flags, start.new_pid_ns, cgroup.as_ref())?;
     if pid.as_raw() == 0 {
-        drop(error_read);
+        drop((error_read, release_write));
+        if let Some(release) = release_read {
+            await_release(&error_write, release);
+        }
         let setup = ContainerSetup {
             bundle: Path::new(&start.bundle),
-            cgroup_procs: &start.cgroup_procs,
+            cgroup_procs: if in_cgroup { &[] } else { &start.cgroup_procs },
             layers_dir: Path::new(&start.layers_dir),
             overlay_options: &start.overlay_options,
         };
@@ -173,13 +243,83 @@ pub fn container(start: &StartContainer) -> Result<Started, AgentError> {
         let Err(error) = init::container(&setup, stdio, console);
         fail_child(&error_write, &error);
     }
-    drop((error_write, child_out, child_err, stdin_child));
+    drop((error_write, child_out, child_err, stdin_child, release_read));
+    Ok(Forked {
+        pid,
+        error_read,
+        release: release_write,
+        out,
+        err,
+        console: console.map(|(ours, _theirs)| ours),
+        stdin_keep,
+        tty: start.tty,
+        stdin: start.stdin,
+    })
+}
+
+/// In a held child: blocks until the agent lets it go on; ends it if the agent never does.
+fn await_release(error_pipe: &OwnedFd, release: OwnedFd) {
+    let mut byte = [0u8; 1];
+    match nix::unistd::read(&release, &mut byte) {
+        Ok(1) => {}
+        _ => fail_child(
+            error_pipe,
+            &SetupError::from("the container was never released".to_string()),
+        ),
+    }
+}
+
+/// clone(2) with `flags` (into `cgroup` when given and the kernel can: then true); a new PID
+/// namespace is made from the agent's own (its children otherwise go into the pod's), so the
+/// agent steps back to its own for the clone.
+fn fork_in_pid_namespace(
+    flags: CloneFlags,
+    new_pid_ns: bool,
+    cgroup: Option<&OwnedFd>,
+) -> Result<(Pid, bool), AgentError> {
+    let restore = if new_pid_ns {
+        let children = std::fs::File::open("/proc/self/ns/pid_for_children")
+            .map_err(AgentError::at_io("opening our pid namespace"))?;
+        let own = std::fs::File::open("/proc/self/ns/pid")
+            .map_err(AgentError::at_io("opening our pid namespace"))?;
+        nix::sched::setns(&own, CloneFlags::CLONE_NEWPID)
+            .map_err(AgentError::at("entering our own pid namespace"))?;
+        Some(children)
+    } else {
+        None
+    };
+    let forked = match cgroup.and_then(|cg| fork_into_cgroup(flags, cg)) {
+        Some(forked) => forked.map(|pid| (pid, true)),
+        None => fork_into(flags).map(|pid| (pid, false)),
+    };
+    if let Some(children) = restore
+        && !matches!(&forked, Ok((pid, _)) if pid.as_raw() == 0)
+        && let Err(e) = nix::sched::setns(&children, CloneFlags::CLONE_NEWPID)
+    {
+        eprintln!("crius pod-agent: returning to the pod's pid namespace: {e}");
+    }
+    forked
+}
+
+/// Lets a held process go on, then waits until it has exec'd (or failed).
+pub fn finish(forked: Forked) -> Result<Started, AgentError> {
+    let Forked {
+        pid,
+        error_read,
+        release,
+        out,
+        err,
+        console,
+        stdin_keep,
+        tty,
+        stdin,
+    } = forked;
+    if let Some(release) = release {
+        nix::unistd::write(&release, b"go").map_err(AgentError::at("releasing the container"))?;
+    }
     let out = match (out, console) {
         (Some(out), _) => Some(out),
-        (None, Some((ours, theirs))) => {
-            drop(theirs);
-            receive_terminal(&ours)
-        }
+        (None, Some(ours)) => receive_terminal(&ours),
         (None, None) => None,
     };
     await_exec(pid, error_read)?;
@@ -189,8 +329,8 @@ pub fn container(start: &StartContainer) -> Result<Started, AgentError> {
         nonblocking(e)?;
     }
     // With a tty, the master is the way in as well.
-    let stdin = match (start.tty, stdin_keep) {
-        (true, _) if start.stdin => Some(out.try_clone().map_err(AgentError::at_io("dup"))?),
+    let stdin = match (tty, stdin_keep) {
+        (true, _) if stdin => Some(out.try_clone().map_err(AgentError::at_io("dup"))?),
         (_, keep) => keep,
     };
     Ok(Started {

@@ -10,8 +10,9 @@ use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
 use super::controllers::CgroupFs;
 use super::{CGROUP_ROOT, CgroupError, CgroupVersion, resources};
 
-/// Creates the cgroup with the container's limits; on v1 the devices controller gets the
-/// spec's rules (deny all, then the allowed devices).
+/// Creates the cgroup with the container's limits and the spec's device rules (deny all, then
+/// the allowed devices): on v1 in the devices controller, on v2 as an eBPF program attached
+/// to the cgroup.
 pub fn create(
     version: CgroupVersion,
     path: &str,
@@ -22,12 +23,25 @@ pub fn create(
         path: path.to_string(),
         reason: e.to_string(),
     })?;
+    apply(version, path, limits, device_rules)
+}
+
+/// Writes the container's limits and device rules to its existing cgroup (made by us, or a
+/// systemd scope delegated to us).
+pub fn apply(
+    version: CgroupVersion,
+    path: &str,
+    limits: Option<&cri::LinuxContainerResources>,
+    device_rules: &[LinuxDeviceCgroup],
+) -> Result<(), CgroupError> {
     let fs = CgroupFs::host(version);
     if let Some(limits) = limits {
         resources::write_limits(&fs, path, limits)?;
     }
-    if version == CgroupVersion::V1 {
-        write_device_rules(&fs, path, device_rules)?;
+    match version {
+        CgroupVersion::V1 => write_device_rules(&fs, path, device_rules)?,
+        CgroupVersion::V2 => super::devices::attach(&fs.dir("", path), device_rules)
+            .map_err(|e| CgroupError::DeviceFilter(path.to_string(), e))?,
     }
     Ok(())
 }

@@ -5,9 +5,11 @@
 
 pub mod container;
 pub mod controllers;
+pub mod devices;
 pub mod resources;
 pub mod sandbox;
 pub mod stats;
+pub mod systemd;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -45,6 +47,81 @@ pub fn hierarchy_mounts() -> Vec<std::path::PathBuf> {
     )
 }
 
+/// Which cgroup driver this daemon uses: set once at start-up (cgroupfs until then).
+static DRIVER_KIND: std::sync::OnceLock<DriverKind> = std::sync::OnceLock::new();
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum DriverKind {
+    Cgroupfs,
+    Systemd,
+}
+
+pub fn driver_kind() -> DriverKind {
+    DRIVER_KIND.get().copied().unwrap_or(DriverKind::Cgroupfs)
+}
+
+/// Sets the daemon's cgroup driver; the first call wins.
+pub fn set_driver_kind(kind: DriverKind) {
+    let _ = DRIVER_KIND.set(kind);
+}
+
+/// How crius makes pods' and containers' cgroups.
+#[derive(Clone)]
+pub enum Driver {
+    /// Directories in the cgroup filesystem, named by crius.
+    Cgroupfs,
+    /// Transient systemd units (see `systemd`).
+    Systemd(std::sync::Arc<systemd::Systemd>),
+}
+
+impl Driver {
+    pub fn systemd(&self) -> Option<&systemd::Systemd> {
+        match self {
+            Driver::Systemd(s) => Some(s),
+            Driver::Cgroupfs => None,
+        }
+    }
+
+    pub fn systemd_arc(&self) -> Option<std::sync::Arc<systemd::Systemd>> {
+        match self {
+            Driver::Systemd(s) => Some(s.clone()),
+            Driver::Cgroupfs => None,
+        }
+    }
+}
+
+/// Where pods go when kubelet names no parent (systemd driver).
+pub const DEFAULT_SLICE: &str = "crius.slice";
+
+/// The slice a pod's units go in with the systemd driver: kubelet's, or the default.
+pub fn parent_slice(cgroup_parent: &str) -> String {
+    if cgroup_parent.trim().is_empty() {
+        DEFAULT_SLICE.to_string()
+    } else {
+        cgroup_parent.trim().to_string()
+    }
+}
+
+/// The cgroup crius makes for a pod's agent or for a container with the systemd driver: the
+/// scope's, in the parent slice's path.
+pub fn scope_cgroup(parent_path: &str, id: &str) -> String {
+    let scope = systemd::scope_name(id);
+    if parent_path.is_empty() {
+        scope
+    } else {
+        format!("{parent_path}/{scope}")
+    }
+}
+
+/// The cgroup of a pod's agent or a container, by the daemon's driver: a directory of ours
+/// (cgroupfs) or its scope's (systemd), under the parent's path.
+pub fn cgroup_of(parent: &str, id: &str) -> String {
+    match driver_kind() {
+        DriverKind::Cgroupfs => own_cgroup(parent, id),
+        DriverKind::Systemd => scope_cgroup(parent, id),
+    }
+}
+
 /// The cgroup crius makes for a pod's agent or for a container, under `parent`:
 /// `crius-` and the first 12 characters of its id.
 pub fn own_cgroup(parent: &str, id: &str) -> String {
@@ -74,6 +151,10 @@ pub enum CgroupError {
         path: String,
         source: std::io::Error,
     },
+    #[error("device rules of cgroup {0}: {1}")]
+    DeviceFilter(String, devices::DeviceFilterError),
+    #[error(transparent)]
+    Systemd(#[from] systemd::SystemdError),
     #[error("moving pid {pid} into cgroup {path}: {reason}")]
     Join {
         pid: i32,

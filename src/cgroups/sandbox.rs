@@ -11,18 +11,23 @@ use cgroups_rs::fs::{Cgroup, hierarchies};
 use super::controllers::CgroupFs;
 use super::{CgroupError, CgroupVersion, resources};
 
-/// Where pods go when kubelet names no parent.
+/// Where pods go when kubelet names no parent (cgroupfs driver).
 pub const DEFAULT_PARENT: &str = "crius";
 
-/// The parent as a relative cgroup path; refuses `..` and systemd slice names (cgroupfs only).
+/// The parent as a relative cgroup path. With the cgroupfs driver a plain path (no `..`, no
+/// slice names); with the systemd driver a slice name, whose nested path this is.
 pub fn parent_path(cgroup_parent: &str) -> Result<String, String> {
+    if super::driver_kind() == super::DriverKind::Systemd {
+        return super::systemd::slice_path(&super::parent_slice(cgroup_parent))
+            .map_err(|e| format!("{e} (the cgroup driver is systemd)"));
+    }
     let trimmed = cgroup_parent.trim_matches('/');
     if trimmed.is_empty() {
         return Ok(DEFAULT_PARENT.to_string());
     }
     if trimmed.ends_with(".slice") {
         return Err(format!(
-            "{cgroup_parent:?} is a systemd slice; crius uses the cgroupfs driver"
+            "{cgroup_parent:?} is a systemd slice, and the cgroup driver is cgroupfs"
         ));
     }
     if Path::new(trimmed)
@@ -102,27 +107,56 @@ fn new_cgroup(path: &str) -> Result<Cgroup, CgroupError> {
     })
 }
 
+/// With the systemd driver: starts the parent slices nobody has started yet (`new_parents`,
+/// cgroup paths top-down; the pod's limits on the last, the pod's own parent, as cgroupfs
+/// does), then the pod agent's scope holding `pids`.
+pub async fn create_units(
+    systemd: &super::systemd::Systemd,
+    new_parents: &[String],
+    limits: Option<&cri::LinuxContainerResources>,
+    slice: &str,
+    scope: &str,
+    pids: &[u32],
+) -> Result<(), CgroupError> {
+    for (i, path) in new_parents.iter().enumerate() {
+        let unit = path.rsplit('/').next().unwrap_or(path);
+        let leaf = i + 1 == new_parents.len();
+        systemd
+            .start_slice(unit, if leaf { limits } else { None })
+            .await?;
+    }
+    systemd.start_scope(scope, slice, pids, None).await?;
+    Ok(())
+}
+
+/// Whether `path` holds no cgroup and no process in any hierarchy.
+pub fn is_unused(path: &str) -> bool {
+    !super::hierarchy_mounts()
+        .iter()
+        .map(|m| m.join(path))
+        .any(|dir| busy(&dir))
+}
+
+fn busy(dir: &std::path::Path) -> bool {
+    let has_children = std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().any(|e| e.path().is_dir()))
+        .unwrap_or(false);
+    let has_procs = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|p| !p.trim().is_empty())
+        .unwrap_or(false);
+    has_children || has_procs
+}
+
 /// Removes `path` if it holds no cgroup and no process in any hierarchy; false when it stays.
 /// Checked first and without retries (cgroups-rs would sleep 150 ms on a busy parent).
 pub fn remove_if_empty(path: &str) -> bool {
-    let dirs: Vec<std::path::PathBuf> = super::hierarchy_mounts()
-        .iter()
-        .map(|m| m.join(path))
-        .collect();
-    let busy = |dir: &std::path::PathBuf| {
-        let has_children = std::fs::read_dir(dir)
-            .map(|entries| entries.flatten().any(|e| e.path().is_dir()))
-            .unwrap_or(false);
-        let has_procs = std::fs::read_to_string(dir.join("cgroup.procs"))
-            .map(|p| !p.trim().is_empty())
-            .unwrap_or(false);
-        has_children || has_procs
-    };
-    if dirs.iter().any(busy) {
+    if !is_unused(path) {
         return false;
     }
-    dirs.iter()
-        .all(|d| std::fs::remove_dir(d).is_ok() || !d.exists())
+    super::hierarchy_mounts()
+        .iter()
+        .map(|m| m.join(path))
+        .all(|d| std::fs::remove_dir(&d).is_ok() || !d.exists())
 }
 
 pub(super) fn hierarchy_mounts_in(mountinfo: &str, v2: bool) -> Vec<std::path::PathBuf> {

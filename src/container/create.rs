@@ -106,7 +106,7 @@ impl Containers {
             reason: String::new(),
             message: String::new(),
             process: None,
-            cgroup: cgroups::own_cgroup(&cgroup_parent, &id),
+            cgroup: cgroups::cgroup_of(&cgroup_parent, &id),
             log_path,
             stop_signal: record::parse_signal(&image.record.config.config.stop_signal)
                 .unwrap_or(Signal::SIGTERM as i32),
@@ -243,7 +243,7 @@ impl Containers {
             new_pid_ns,
             seccomp,
             oom_score_adj: clamp_oom_score_adj(requested_adj),
-            cgroup_path: cgroups::own_cgroup(&cgroup_parent, id),
+            cgroup_path: cgroups::cgroup_of(&cgroup_parent, id),
             all_capabilities: &all_caps_ref,
             grantable: &grantable,
             host_devices: if security.privileged {
@@ -278,17 +278,12 @@ impl Containers {
             std::fs::create_dir_all(dir)
                 .map_err(io_error(format!("creating the log dir {}", dir.display())))?;
         }
-        let limits = record
-            .config
-            .linux
-            .as_ref()
-            .and_then(|l| l.resources.clone());
-        let rules = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.resources().as_ref())
-            .and_then(|r| r.devices().clone())
-            .unwrap_or_default();
+        if self.driver.systemd().is_some() {
+            // The container's scope is made for its process, at start.
+            return Ok(());
+        }
+        let limits = limits_of(record);
+        let rules = device_rules(spec);
         let version = self.cgroup_version;
         let cgroup = record.cgroup.clone();
         tokio::task::block_in_place(|| {
@@ -296,6 +291,27 @@ impl Containers {
         })
         .map_err(|e| e.into_error("config.linux.resources"))
     }
+}
+
+/// The container's resources as CreateContainer (or the last UpdateContainerResources) gave
+/// them.
+pub(super) fn limits_of(record: &ContainerRecord) -> Option<cri::LinuxContainerResources> {
+    record
+        .config
+        .linux
+        .as_ref()
+        .and_then(|l| l.resources.clone())
+}
+
+/// The spec's device rules, for the container's cgroup.
+pub(super) fn device_rules(
+    spec: &oci_spec::runtime::Spec,
+) -> Vec<oci_spec::runtime::LinuxDeviceCgroup> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.devices().clone())
+        .unwrap_or_default()
 }
 
 /// Which PID namespace the container gets: its own unless it shares the pod's (POD, when the

@@ -45,7 +45,7 @@ impl Containers {
                 record.state.name()
             )));
         }
-        sandboxes
+        let pod = sandboxes
             .get(&record.sandbox_id)?
             .filter(|p| p.state == SandboxState::Ready)
             .ok_or_else(|| {
@@ -56,7 +56,28 @@ impl Containers {
             })?;
         let request = self.start_request(&record)?;
         let socket = sandboxes.agent_socket(&record.sandbox_id);
-        let answer = agent::client::start(&socket, request).await;
+        let answer = match self.driver.systemd() {
+            None => agent::client::start(&socket, request).await,
+            Some(systemd) => {
+                let slice = crate::cgroups::parent_slice(
+                    pod.config
+                        .linux
+                        .as_ref()
+                        .map_or("", |l| l.cgroup_parent.as_str()),
+                );
+                match self
+                    .start_in_scope(systemd, &socket, request, &record, &slice)
+                    .await
+                {
+                    Ok(answer) => answer,
+                    Err(placing) => {
+                        self.record_start_failure(&entry, placing.to_string())
+                            .await?;
+                        return Err(placing);
+                    }
+                }
+            }
+        };
         let context = format!("starting container {}", record.id);
         match answer {
             Ok(started) => {
@@ -83,6 +104,61 @@ impl Containers {
             // its news will tell. Kubelet may ask again.
             Err(e) => Err(agent_error(context)(e)),
         }
+    }
+
+    /// With the systemd driver: the agent forks the process and holds it; a scope is made for
+    /// its pid, the container's limits and device rules written to it; then it goes on. The
+    /// outer error is the placement's (the held process is gone); the inner one the agent's.
+    async fn start_in_scope(
+        &self,
+        systemd: &crate::cgroups::systemd::Systemd,
+        socket: &std::path::Path,
+        mut request: proto::StartContainer,
+        record: &ContainerRecord,
+        slice: &str,
+    ) -> Result<std::result::Result<proto::Response, crate::agent::client::CallError>> {
+        request.hold = true;
+        // systemd moves it into the scope (which does not exist yet).
+        request.cgroup_procs.clear();
+        request.cgroup_dir.clear();
+        let held = match agent::client::start(socket, request).await {
+            Ok(held) => held,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Err(e) = self
+            .place_in_scope(systemd, record, slice, held.container_pid)
+            .await
+        {
+            // Never released, it has run nothing of the container's.
+            let _ = agent::client::forget(socket, &record.id).await;
+            return Err(e);
+        }
+        Ok(agent::client::release(socket, &record.id).await)
+    }
+
+    async fn place_in_scope(
+        &self,
+        systemd: &crate::cgroups::systemd::Systemd,
+        record: &ContainerRecord,
+        slice: &str,
+        pid: u32,
+    ) -> Result<()> {
+        let limits = super::create::limits_of(record);
+        let scope = crate::cgroups::systemd::scope_name(&record.id);
+        systemd
+            .start_scope(&scope, slice, &[pid], limits.as_ref())
+            .await
+            .map_err(|e| {
+                crate::cgroups::CgroupError::from(e).into_error("config.linux.resources")
+            })?;
+        let spec = oci_spec::runtime::Spec::load(self.bundle(&record.id).join("config.json"))
+            .map_err(|e| Error::Internal(format!("reading the spec of {}: {e}", record.id)))?;
+        let rules = super::create::device_rules(&spec);
+        let version = self.cgroup_version;
+        tokio::task::block_in_place(|| {
+            crate::cgroups::container::apply(version, &record.cgroup, limits.as_ref(), &rules)
+        })
+        .map_err(|e| e.into_error("config.linux.resources"))
     }
 
     fn start_request(&self, record: &ContainerRecord) -> Result<proto::StartContainer> {
@@ -130,6 +206,16 @@ impl Containers {
             tty: record.config.tty,
             stdin: record.config.stdin,
             stdin_once: record.config.stdin_once,
+            hold: false,
+            cgroup_dir: match self.cgroup_version {
+                crate::cgroups::CgroupVersion::V2 => {
+                    std::path::Path::new(crate::cgroups::CGROUP_ROOT)
+                        .join(&record.cgroup)
+                        .to_string_lossy()
+                        .into_owned()
+                }
+                crate::cgroups::CgroupVersion::V1 => String::new(),
+            },
         })
     }
 
@@ -344,12 +430,18 @@ impl Containers {
         let record = change.record.clone();
         let version = self.cgroup_version;
         let cgroup = record.cgroup.clone();
-        tokio::task::block_in_place(|| -> Result<()> {
+        tokio::task::block_in_place(|| {
             for pid in cgroups::container::pids(version, &cgroup) {
                 let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
-            cgroups::remove_cgroup(&cgroup).map_err(Error::Internal)
-        })?;
+        });
+        if let Some(systemd) = self.driver.systemd() {
+            systemd
+                .stop_unit(&cgroups::systemd::scope_name(&record.id))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?;
+        }
+        tokio::task::block_in_place(|| cgroups::remove_cgroup(&cgroup)).map_err(Error::Internal)?;
         for dir in [self.bundle(&record.id), self.exits_dir.join(&record.id)] {
             match std::fs::remove_dir_all(&dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -38,6 +38,8 @@ pub struct Containers {
     /// `<state>/containers`: exit files.
     exits_dir: PathBuf,
     cgroup_version: CgroupVersion,
+    /// How containers' cgroups are made.
+    driver: crate::cgroups::Driver,
     /// Every container, in memory, with its locks.
     table: table::Table,
     /// Name reservation happens under it: two containers never share a name in a pod.
@@ -85,6 +87,7 @@ impl Containers {
         root: &Path,
         state_dir: &Path,
         cgroup_version: CgroupVersion,
+        driver: crate::cgroups::Driver,
     ) -> Result<Containers> {
         let containers = Containers {
             store,
@@ -92,6 +95,7 @@ impl Containers {
             bundles_dir: root.join("containers"),
             exits_dir: state_dir.join("containers"),
             cgroup_version,
+            driver,
             table: table::Table::default(),
             create_lock: tokio::sync::Mutex::new(()),
             cpu_samples: std::sync::Mutex::new(HashMap::new()),

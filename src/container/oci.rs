@@ -475,6 +475,9 @@ fn volume_mounts(config: &cri::ContainerConfig) -> Result<Vec<Mount>, Invalid> {
         check_volume(&format!("config.mounts[{i}]"), m)?;
         let mut options = vec!["rbind", propagation(m.propagation)];
         options.push(if m.readonly { "ro" } else { "rw" });
+        if m.recursive_read_only {
+            options.push("rro");
+        }
         volumes.push(mount(&m.container_path, "bind", &m.host_path, &options));
     }
     volumes.sort_by_key(|m| destination_depth(m.destination()));
@@ -482,6 +485,14 @@ fn volume_mounts(config: &cri::ContainerConfig) -> Result<Vec<Mount>, Invalid> {
 }
 
 fn check_volume(field: &str, m: &cri::Mount) -> Result<(), Invalid> {
+    if m.recursive_read_only
+        && (!m.readonly || m.propagation != cri::MountPropagation::PropagationPrivate as i32)
+    {
+        return Err((
+            format!("{field}.recursive_read_only"),
+            "needs readonly set and PROPAGATION_PRIVATE, as the CRI says".into(),
+        ));
+    }
     if m.image.as_ref().is_some_and(|s| !s.image.is_empty()) {
         return Err((
             field.to_string(),

@@ -89,6 +89,14 @@ impl Containers {
             .linux
             .as_ref()
             .and_then(|l| l.resources.clone());
+        if let Some(systemd) = self.driver.systemd() {
+            // On the unit too, so systemd never puts the old limits back.
+            let scope = crate::cgroups::systemd::scope_name(&record.id);
+            systemd
+                .set_limits(&scope, &resources)
+                .await
+                .map_err(|e| crate::cgroups::CgroupError::from(e).into_error("linux"))?;
+        }
         let version = self.cgroup_version;
         let wanted = resources.clone();
         tokio::task::block_in_place(|| {

@@ -43,6 +43,8 @@ pub struct Sandboxes {
     /// parents no pod uses any more holds it exclusively, so a parent a pod is about to use is
     /// never removed, and placements never wait for each other.
     parents_lock: Arc<tokio::sync::RwLock<()>>,
+    /// How pods' cgroups are made.
+    driver: cgroups::Driver,
     /// One lock per pod: StopPodSandbox and RemovePodSandbox hold it exclusively, creating and
     /// starting a container in the pod hold it shared, so nothing is made or started in a pod
     /// that is being torn down.
@@ -73,6 +75,7 @@ impl Sandboxes {
         state_dir: &Path,
         cni: CniConfig,
         cgroup_version: CgroupVersion,
+        driver: cgroups::Driver,
     ) -> Result<Sandboxes> {
         let exe = std::env::current_exe().map_err(io_error("finding the crius binary"))?;
         Ok(Sandboxes {
@@ -84,6 +87,7 @@ impl Sandboxes {
             create_lock: Arc::new(tokio::sync::Mutex::new(())),
             parents_lock: Arc::new(tokio::sync::RwLock::new(())),
             pod_locks: std::sync::Mutex::new(HashMap::new()),
+            driver,
         })
     }
 
@@ -369,7 +373,7 @@ impl Sandboxes {
         let parent = record
             .cgroup_parent()
             .map_err(|reason| Error::invalid("config.linux.cgroup_parent", reason))?;
-        let cgroup = cgroups::own_cgroup(&parent, &record.id);
+        let cgroup = cgroups::cgroup_of(&parent, &record.id);
         let linux = record.config.linux.clone().unwrap_or_default();
         let limits =
             cgroups::resources::pod_total(linux.resources.as_ref(), linux.overhead.as_ref());
@@ -381,11 +385,36 @@ impl Sandboxes {
         self.own_cgroups(&new_parents).await?;
         record.cgroup = Some(cgroup.clone());
         self.save(record).await?;
-        Ok(tokio::task::spawn_blocking(move || {
+        let Some(systemd) = self.driver.systemd_arc() else {
+            return Ok(tokio::task::spawn_blocking(move || {
+                let _placing = guard;
+                let began = Instant::now();
+                cgroups::sandbox::create(version, &parent, &cgroup, limits.as_ref(), &pids)
+                    .map(|()| began.elapsed())
+            }));
+        };
+        let slice = cgroups::parent_slice(
+            record
+                .config
+                .linux
+                .as_ref()
+                .map_or("", |l| l.cgroup_parent.as_str()),
+        );
+        let scope = cgroups::systemd::scope_name(&record.id);
+        Ok(tokio::spawn(async move {
             let _placing = guard;
             let began = Instant::now();
-            cgroups::sandbox::create(version, &parent, &cgroup, limits.as_ref(), &pids)
-                .map(|()| began.elapsed())
+            let pids: Vec<u32> = pids.iter().map(|p| *p as u32).collect();
+            cgroups::sandbox::create_units(
+                &systemd,
+                &new_parents,
+                limits.as_ref(),
+                &slice,
+                &scope,
+                &pids,
+            )
+            .await?;
+            Ok(began.elapsed())
         }))
     }
 
@@ -624,6 +653,13 @@ impl Sandboxes {
 
     async fn remove_cgroup(&self, record: &mut SandboxRecord) -> Result<()> {
         if let Some(cgroup) = record.cgroup.clone() {
+            if let Some(systemd) = self.driver.systemd() {
+                let scope = cgroups::systemd::scope_name(&record.id);
+                systemd
+                    .stop_unit(&scope)
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+            }
             tokio::task::block_in_place(|| cgroups::remove_cgroup(&cgroup))
                 .map_err(Error::Internal)?;
             record.cgroup = None;
@@ -687,8 +723,7 @@ impl Sandboxes {
                 )
                 .map(|n| n > 0)
             })?;
-            if !ours || !tokio::task::block_in_place(|| cgroups::sandbox::remove_if_empty(&current))
-            {
+            if !ours || !self.remove_unused_parent(&current).await {
                 return Ok(());
             }
             let path = current.clone();
@@ -701,6 +736,25 @@ impl Sandboxes {
             match current.rsplit_once('/') {
                 Some((up, _)) => current = up.to_string(),
                 None => return Ok(()),
+            }
+        }
+    }
+
+    /// Removes a parent cgroup (cgroupfs) or stops a parent slice (systemd) that holds nothing
+    /// any more; false when it stays.
+    async fn remove_unused_parent(&self, path: &str) -> bool {
+        let Some(systemd) = self.driver.systemd() else {
+            return tokio::task::block_in_place(|| cgroups::sandbox::remove_if_empty(path));
+        };
+        if !tokio::task::block_in_place(|| cgroups::sandbox::is_unused(path)) {
+            return false;
+        }
+        let slice = path.rsplit('/').next().unwrap_or(path);
+        match systemd.stop_unit(slice).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(slice, error = %e, "stopping an unused slice");
+                false
             }
         }
     }

@@ -66,11 +66,11 @@ pub fn status(ctx: &Context, verbose: bool) -> Result<cri::StatusResponse> {
             conditions: vec![runtime_ready, network_ready],
         }),
         info,
-        // The default handler; recursive read-only mounts and user namespaces come later.
+        // The default handler; user namespaces come later.
         runtime_handlers: vec![cri::RuntimeHandler {
             name: String::new(),
             features: Some(cri::RuntimeHandlerFeatures {
-                recursive_read_only_mounts: false,
+                recursive_read_only_mounts: crate::linux::rootfs::supports_recursive_read_only(),
                 user_namespaces: false,
             }),
         }],
@@ -84,7 +84,10 @@ pub fn status(ctx: &Context, verbose: bool) -> Result<cri::StatusResponse> {
 pub fn runtime_config() -> cri::RuntimeConfigResponse {
     cri::RuntimeConfigResponse {
         linux: Some(cri::LinuxRuntimeConfiguration {
-            cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
+            cgroup_driver: match crate::cgroups::driver_kind() {
+                crate::cgroups::DriverKind::Cgroupfs => cri::CgroupDriver::Cgroupfs,
+                crate::cgroups::DriverKind::Systemd => cri::CgroupDriver::Systemd,
+            } as i32,
         }),
     }
 }
