@@ -4,6 +4,7 @@ mod harness;
 mod registry;
 
 mod agent_streams;
+mod cgroups;
 mod churn;
 // Shared with the churn benchmark, which uses more of it.
 #[allow(dead_code)]

@@ -4,18 +4,21 @@
 # cgroup v2 only, systemd as PID 1, crius installed as a systemd service — in a throw-away
 # Debian 12 guest (hack/vm.sh).
 #
-#   hack/vm-test.sh        build the e2e tests (a no-op after the host stage), then for each
-#                          driver in CRIUS_VM_DRIVERS boot a guest and run the subset below
+#   hack/vm-test.sh        build the e2e tests (a no-op after the host stage) and the release
+#                          binary, then for each driver in CRIUS_VM_DRIVERS boot a guest and
+#                          run the subset below
 #
-# In the guest (the repository is shared at the same path, so the e2e binary and the
-# target/debug/crius it names resolve there): install crius as the system service from
-# hack/crius.service (hack/install-service.sh), start the test registries, run the subset, then
-# the service test (e2e/service.rs, CRIUS_E2E_SERVICE=1), whose output must show it ran.
+# In the guest (the repository is shared at the same path, so the e2e binary and
+# target/release/crius resolve there): install target/release/crius as the system service from
+# hack/crius.service (hack/install-service.sh), start the test registries, run the subset with
+# the test daemons on the release binary too (CRIUS_E2E_BINARY: unoptimised, the daemon's
+# digests and layer unpacking take minutes per pull under TCG), then the service test
+# (e2e/service.rs, CRIUS_E2E_SERVICE=1), whose output must show it ran; last, no unit of crius's
+# (`crius-*`, the tests' `crius_e2e*` slices) may be left in systemd.
 #
 # Environment:
 #   CRIUS_VM_DRIVERS     cgroup drivers to run the subset with, one guest each (default
-#                        "cgroupfs"). The systemd driver is not implemented yet (crius refuses
-#                        it at start-up); turn it on with CRIUS_VM_DRIVERS="cgroupfs systemd".
+#                        "cgroupfs systemd")
 #   CRIUS_VM_TESTS       replaces the subset (exact test names, space-separated)
 #   CRIUS_VM_ARTIFACTS   a host directory: the daemon logs of the guest's tests are copied to
 #                        <dir>/<driver>/ for a post-mortem
@@ -57,6 +60,11 @@ TESTS=(
     containers::containers_survive_a_daemon_crash_and_die_with_their_agent
     lifecycle::exits_while_the_daemon_is_down_are_replayed
     lifecycle::a_start_the_daemon_did_not_live_to_record_is_found_after_restart
+    # Device rules (v2: the eBPF device program), v2 limits inside (cpu.max, memory.max,
+    # pids.max enforced), the systemd driver's scopes and slices, gone with their pods.
+    cgroups::devices_outside_the_rules_cannot_be_opened_and_granted_ones_can
+    cgroups::v2_limits_are_visible_inside_and_pids_max_is_enforced
+    cgroups::the_systemd_driver_runs_each_pod_and_container_in_a_scope_of_the_kubelet_slice
     # The driver the runtime reports to kubelet.
     runtime_info::runtime_config_reports_the_configured_cgroup_driver
 )
@@ -65,7 +73,7 @@ SERVICE_RAN="crius.service test: ran to the end"
 
 # ---------------------------------------------------------------------------- in the guest
 in_guest() {
-    local driver=$1 e2e=$2 artifacts=${3:-}
+    local driver=$1 e2e=$2 binary=$3 artifacts=${4:-}
     local work status=0
     work=$(mktemp -d /tmp/crius-vm-test.XXXXXX)
     echo "== [$driver] cgroups: $(stat -fc %T /sys/fs/cgroup); PID 1: $(cat /proc/1/comm); root cgroup.subtree_control: $(cat /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null)"
@@ -77,12 +85,12 @@ in_guest() {
     # shellcheck disable=SC1091
     . "$work/env"
     echo "== [$driver] crius as a systemd service (hack/install-service.sh)"
-    if ! bash hack/install-service.sh --binary target/debug/crius; then
+    if ! bash hack/install-service.sh --binary "$binary"; then
         systemctl status crius --no-pager || true
         return 1
     fi
     # Kept test dirs (daemon and agent logs) for the failure report below.
-    export CRIUS_E2E_KEEP=1
+    export CRIUS_E2E_KEEP=1 CRIUS_E2E_BINARY=$binary
     local tests=("${TESTS[@]}")
     [[ -n ${CRIUS_VM_TESTS:-} ]] && read -ra tests <<<"$CRIUS_VM_TESTS"
     echo "== [$driver] e2e subset: ${#tests[@]} tests"
@@ -92,6 +100,15 @@ in_guest() {
     CRIUS_E2E_SERVICE=1 "$e2e" --exact --nocapture "$SERVICE_TEST" 2>&1 | tee "$work/service.out" || status=1
     if ! grep -qF "$SERVICE_RAN" "$work/service.out"; then
         echo "vm-test: the service test did not run to its end"
+        status=1
+    fi
+
+    # Nothing of crius's left in systemd: no scope, no slice (the tests' are crius_e2e*).
+    local units
+    units=$(systemctl list-units --all --plain --no-legend --no-pager 'crius-*' 'crius_e2e*' | grep -v '^crius\.service' || true)
+    if [[ -n $units ]]; then
+        echo "vm-test: units left in systemd:"
+        echo "$units"
         status=1
     fi
 
@@ -131,7 +148,10 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "e2e" and m.get("executable"):
         print(m["executable"])')
-[[ -x $e2e && -x target/debug/crius ]] || { echo "vm-test: no e2e test binary or target/debug/crius" >&2; exit 1; }
+[[ -x $e2e ]] || { echo "vm-test: no e2e test binary" >&2; exit 1; }
+echo "== cargo build --release (the binary the guest runs)"
+cargo build --locked --release --bin crius
+binary=$PWD/target/release/crius
 
 share=()
 if [[ -n ${CRIUS_VM_ARTIFACTS:-} ]]; then
@@ -141,11 +161,11 @@ if [[ -n ${CRIUS_VM_ARTIFACTS:-} ]]; then
 fi
 
 failed=()
-for driver in ${CRIUS_VM_DRIVERS:-cgroupfs}; do
+for driver in ${CRIUS_VM_DRIVERS:-cgroupfs systemd}; do
     echo "== VM stage, cgroup driver $driver"
     t=$SECONDS
     if bash hack/vm.sh run --driver "$driver" --timeout "${CRIUS_VM_TEST_TIMEOUT:-2400}" "${share[@]}" -- \
-        env CRIUS_VM_TESTS="${CRIUS_VM_TESTS:-}" bash hack/vm-test.sh --in-guest "$driver" "$e2e" "${CRIUS_VM_ARTIFACTS:-}"; then
+        env CRIUS_VM_TESTS="${CRIUS_VM_TESTS:-}" bash hack/vm-test.sh --in-guest "$driver" "$e2e" "$binary" "${CRIUS_VM_ARTIFACTS:-}"; then
         echo "== VM stage, cgroup driver $driver: passed in $((SECONDS - t)) s"
     else
         echo "== VM stage, cgroup driver $driver: FAILED after $((SECONDS - t)) s (guest output above)"

@@ -35,9 +35,8 @@
 # probe boot with it really works (the result is cached per qemu, host kernel and guest
 # kernel); /dev/kvm exists on hosts where qemu aborts or hangs under KVM. TCG runs multi-threaded.
 #
-# Host requirements (installed when missing, Debian 12, as root): qemu-system-x86 (from
-# bookworm-backports when qemu-utils came from there, else the two conflict), qemu-utils,
-# debootstrap, e2fsprogs.
+# Host requirements (installed when missing by hack/install-deps.sh --vm, Debian 12, as root):
+# qemu-system-x86 and qemu-utils from bookworm-backports, debootstrap, e2fsprogs.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -83,28 +82,16 @@ debian_mirror() {
     echo "${uri:-http://deb.debian.org/debian}"
 }
 
-# Installs the host tools vm.sh needs when they are missing.
+# Installs the host tools vm.sh needs when they are missing (hack/install-deps.sh --vm: qemu
+# from bookworm-backports, debootstrap, e2fsprogs).
 ensure_host_tools() {
-    local want=()
-    command -v qemu-system-x86_64 >/dev/null || want+=(qemu-system-x86)
-    command -v qemu-img >/dev/null || want+=(qemu-utils)
-    command -v debootstrap >/dev/null || want+=(debootstrap)
-    command -v mkfs.ext4 >/dev/null || want+=(e2fsprogs)
-    ((${#want[@]})) || return 0
-    log "installing ${want[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    local target=()
-    # qemu-system-x86 must come from the suite the installed qemu-utils came from: bookworm's
-    # qemu-system-x86 conflicts with bookworm-backports' qemu-utils.
-    if dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null | grep -q '~bpo'; then
-        if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
-            printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-                "$(debian_mirror)" >/etc/apt/sources.list.d/crius-vm-backports.sources
-        fi
-        target=(-t bookworm-backports)
-    fi
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${target[@]}" "${want[@]}" >/dev/null
+    local tool
+    for tool in qemu-system-x86_64 qemu-img debootstrap mkfs.ext4; do
+        command -v "$tool" >/dev/null || {
+            bash "$REPO/hack/install-deps.sh" --vm
+            return
+        }
+    done
 }
 
 # ---------------------------------------------------------------------------- the image

@@ -99,10 +99,21 @@ impl Containers {
         }
         let version = self.cgroup_version;
         let wanted = resources.clone();
-        tokio::task::block_in_place(|| {
+        let written = tokio::task::block_in_place(|| {
             cgroups::container::update(version, &record.cgroup, &wanted, old.as_ref())
-        })
-        .map_err(|e| e.into_error("linux"))
+        });
+        if written.is_err()
+            && let (Some(systemd), Some(old)) = (self.driver.systemd(), old.as_ref())
+        {
+            // The files have the old limits again: so must the unit, or systemd would write
+            // the refused ones back on its next reload.
+            let scope = crate::cgroups::systemd::scope_name(&record.id);
+            if let Err(e) = systemd.set_limits(&scope, old).await {
+                tracing::warn!(container_id = %record.id, error = %e, "the unit's previous limits could not be restored");
+            }
+        }
+        written
+            .map_err(|e| e.into_error("linux"))
         .map_err(|e| match e {
             Error::InvalidArgument { field, reason } => Error::invalid(
                 field,
