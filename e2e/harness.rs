@@ -509,7 +509,14 @@ pub fn systemd_driver() -> bool {
 /// `systemctl list-units --all`.
 pub fn systemd_units(pattern: &str) -> Vec<String> {
     let out = Command::new("systemctl")
-        .args(["list-units", "--all", "--plain", "--no-legend", "--no-pager", pattern])
+        .args([
+            "list-units",
+            "--all",
+            "--plain",
+            "--no-legend",
+            "--no-pager",
+            pattern,
+        ])
         .output()
         .expect("systemctl list-units");
     String::from_utf8_lossy(&out.stdout)

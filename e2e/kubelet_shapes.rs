@@ -864,7 +864,12 @@ impl KubeletCgroups {
         let root = cgroup_root();
         if systemd_driver() {
             // kubelet's systemd driver starts the slices as transient units.
-            for slice in ["", "-kubepods", "-kubepods-burstable", "-kubepods-besteffort"] {
+            for slice in [
+                "",
+                "-kubepods",
+                "-kubepods-burstable",
+                "-kubepods-besteffort",
+            ] {
                 cgroups.start_slice(&format!("{root}{slice}.slice"));
             }
             return cgroups;

@@ -71,7 +71,10 @@ async fn recursive_read_only_mounts_reach_every_submount() {
     let id = run(&daemon, &pod, config).await;
     // A plain read-only bind leaves the submount writable; a recursive one does not.
     let (_, code) = sh(&daemon, &id, "touch /ro/sub/a").await;
-    assert_eq!(code, 0, "the submount of a plain read-only bind stays writable");
+    assert_eq!(
+        code, 0,
+        "the submount of a plain read-only bind stays writable"
+    );
     let (out, code) = sh(&daemon, &id, "touch /rro/sub/b 2>&1; echo $?").await;
     assert!(out.contains("Read-only file system"), "{out} ({code})");
     let (_, code) = sh(&daemon, &id, "touch /rro/top").await;

@@ -114,16 +114,16 @@ impl Containers {
         }
         written
             .map_err(|e| e.into_error("linux"))
-        .map_err(|e| match e {
-            Error::InvalidArgument { field, reason } => Error::invalid(
-                field,
-                format!(
-                    "container {}: the kernel refused the change: {reason}",
-                    record.id
+            .map_err(|e| match e {
+                Error::InvalidArgument { field, reason } => Error::invalid(
+                    field,
+                    format!(
+                        "container {}: the kernel refused the change: {reason}",
+                        record.id
+                    ),
                 ),
-            ),
-            other => other,
-        })?;
+                other => other,
+            })?;
         let Some(mut change) = entry.change().await else {
             return Err(super::not_found(id));
         };
