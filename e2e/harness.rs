@@ -16,11 +16,22 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-pub const CRIUS: &str = env!("CARGO_BIN_EXE_crius");
+/// The crius binary the tests run: cargo's build of this crate, or the one CRIUS_E2E_BINARY
+/// names (the VM stage runs its release build: the daemon's hashing and unpacking under
+/// emulation take minutes unoptimised).
+pub fn crius_binary() -> &'static str {
+    static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| match std::env::var("CRIUS_E2E_BINARY") {
+        Ok(path) if !path.is_empty() => path,
+        _ => env!("CARGO_BIN_EXE_crius").to_string(),
+    })
+}
 /// Where Debian's containernetworking-plugins live.
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
 /// Kubelet's gRPC message limit for the CRI (pkg/kubelet/cri/remote: maxMsgSize).
 pub const KUBELET_MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// Names the cgroup driver test daemons are configured with (`cgroupfs` or `systemd`).
+pub const CGROUP_DRIVER_ENV: &str = "CRIUS_E2E_CGROUP_DRIVER";
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -104,8 +115,16 @@ impl TestDir {
         } else {
             "shutdown_timeout_secs = 5\n"
         };
+        // CRIUS_E2E_CGROUP_DRIVER (set by hack/vm.sh --driver) picks the test daemons' cgroup
+        // driver, unless the test sets its own.
+        let driver = match std::env::var(CGROUP_DRIVER_ENV) {
+            Ok(d) if !d.is_empty() && !extra.contains("cgroup_driver") => {
+                format!("cgroup_driver = {d:?}\n")
+            }
+            _ => String::new(),
+        };
         let text = format!(
-            "root = {root:?}\nstate = {state:?}\nlisten = {sock:?}\n{shutdown}{extra}\n\
+            "root = {root:?}\nstate = {state:?}\nlisten = {sock:?}\n{shutdown}{driver}{extra}\n\
              [cni]\nconf_dir = {conf:?}\nbin_dirs = [{bins}]\n",
             root = self.root(),
             state = self.state(),
@@ -146,9 +165,29 @@ impl TestDir {
         net
     }
 
-    /// A cgroup parent of this test's own, as kubelet would name a pod's.
+    /// A cgroup parent of this test's own, as kubelet would name a pod's for the test
+    /// daemons' driver: a path with cgroupfs, a slice with systemd
+    /// (`crius_e2e_<n>-pod_<pod>.slice`, nested in `crius_e2e_<n>.slice`).
     pub fn cgroup_parent(&self, pod: &str) -> String {
-        format!("/crius-e2e-{:06x}/pod-{pod}", self.unique())
+        if systemd_driver() {
+            // A dash nests slices: the pod's name keeps none.
+            let pod: String = pod
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            format!("crius_e2e_{:06x}-pod_{pod}.slice", self.unique())
+        } else {
+            format!("/crius-e2e-{:06x}/pod-{pod}", self.unique())
+        }
+    }
+
+    /// The top of this test's cgroups, relative to a hierarchy's root.
+    pub fn cgroup_top(&self) -> String {
+        if systemd_driver() {
+            format!("crius_e2e_{:06x}.slice", self.unique())
+        } else {
+            format!("crius-e2e-{:06x}", self.unique())
+        }
     }
 
     /// A number no other test of this run has (from the temp dir's random name).
@@ -171,7 +210,7 @@ impl TestDir {
 
 /// Runs `crius <args>` to completion (bounded) and returns its status, stdout and stderr.
 pub fn run_crius(args: &[&str]) -> (ExitStatus, String, String) {
-    let mut child = Command::new(CRIUS)
+    let mut child = Command::new(crius_binary())
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -255,7 +294,7 @@ impl Daemon {
             .append(true)
             .open(self.dir.log_path())
             .unwrap();
-        let child = Command::new(CRIUS)
+        let child = Command::new(crius_binary())
             .args(["daemon", "--config"])
             .arg(&self.config)
             .args(["--log-level", "debug"])
@@ -354,7 +393,7 @@ impl Daemon {
             .map(str::to_string)
             .collect();
         assert!(mounts.is_empty(), "mounts left behind: {mounts:?}");
-        let top = format!("crius-e2e-{:06x}", self.dir.unique());
+        let top = self.dir.cgroup_top();
         let cgroups: Vec<String> = fs::read_dir("/sys/fs/cgroup")
             .into_iter()
             .flatten()
@@ -365,6 +404,11 @@ impl Daemon {
             .map(|p| p.display().to_string())
             .collect();
         assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
+        if systemd_driver() {
+            // The test's slices, and the scopes in them, are gone from systemd too.
+            let units = systemd_units(&format!("crius_e2e_{:06x}*", self.dir.unique()));
+            assert!(units.is_empty(), "systemd units left behind: {units:?}");
+        }
         if let Some(net) = self.dir.network.lock().unwrap().clone() {
             let rules = Command::new("iptables-save")
                 .args(["-t", "nat"])
@@ -454,6 +498,32 @@ impl Drop for Daemon {
             self.assert_nothing_left();
         }
     }
+}
+
+/// Whether the test daemons use the systemd cgroup driver (CRIUS_E2E_CGROUP_DRIVER=systemd).
+pub fn systemd_driver() -> bool {
+    std::env::var(CGROUP_DRIVER_ENV).as_deref() == Ok("systemd")
+}
+
+/// The units systemd has loaded (in any state) whose names match `pattern`, with their states:
+/// `systemctl list-units --all`.
+pub fn systemd_units(pattern: &str) -> Vec<String> {
+    let out = Command::new("systemctl")
+        .args([
+            "list-units",
+            "--all",
+            "--plain",
+            "--no-legend",
+            "--no-pager",
+            pattern,
+        ])
+        .output()
+        .expect("systemctl list-units");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 /// PIDs and command lines of processes whose command line contains `needle`.

@@ -18,7 +18,7 @@ use crius::cri;
 use tonic::Code;
 
 use crate::containers::{busybox, sh, status};
-use crate::harness::Daemon;
+use crate::harness::{Daemon, systemd_driver};
 use crate::sandbox::{remove_pod, run_pod, stop_pod};
 
 // ---------------------------------------------------------------------------------------------
@@ -406,17 +406,48 @@ fn pod_dns(kubelet: &Kubelet, pod: &PodSpec) -> cri::DnsConfig {
 /// not know).
 fn cgroup_root() -> &'static str {
     static ROOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ROOT.get_or_init(|| format!("crius-e2e-kubelet-{}", std::process::id()))
+    // A slice name's dashes nest it: with the systemd driver the root has none.
+    ROOT.get_or_init(|| {
+        if systemd_driver() {
+            format!("crius_e2e_kubelet_{}", std::process::id())
+        } else {
+            format!("crius-e2e-kubelet-{}", std::process::id())
+        }
+    })
 }
 
-/// kubelet's pod cgroup, GetPodCgroupParent with the cgroupfs driver.
+/// kubelet's pod cgroup, GetPodCgroupParent: with the cgroupfs driver a path, with the
+/// systemd driver a slice (its cgroup name's components joined by dashes, the uid's dashes
+/// escaped as underscores: `<root>-kubepods-burstable-pod<uid>.slice`).
 fn pod_cgroup_parent(pod: &PodSpec) -> String {
+    if systemd_driver() {
+        return format!(
+            "{}-kubepods-{}-pod{}.slice",
+            cgroup_root(),
+            pod.qos.cgroup(),
+            pod.uid.replace('-', "_")
+        );
+    }
     format!(
         "/{}/kubepods/{}/pod{}",
         cgroup_root(),
         pod.qos.cgroup(),
         pod.uid
     )
+}
+
+/// A cgroup parent as a path below the hierarchy's root (a slice's nested path).
+fn parent_path(parent: &str) -> String {
+    if systemd_driver() {
+        crius::cgroups::systemd::slice_path(parent).unwrap()
+    } else {
+        parent.trim_start_matches('/').to_string()
+    }
+}
+
+/// The pod's cgroup as a path below the hierarchy's root.
+fn pod_cgroup_path(pod: &PodSpec) -> String {
+    parent_path(&pod_cgroup_parent(pod))
 }
 
 /// kuberuntime generatePodSandboxLinuxConfig.
@@ -831,6 +862,18 @@ impl KubeletCgroups {
     fn new() -> KubeletCgroups {
         let mut cgroups = KubeletCgroups { made: Vec::new() };
         let root = cgroup_root();
+        if systemd_driver() {
+            // kubelet's systemd driver starts the slices as transient units.
+            for slice in [
+                "",
+                "-kubepods",
+                "-kubepods-burstable",
+                "-kubepods-besteffort",
+            ] {
+                cgroups.start_slice(&format!("{root}{slice}.slice"));
+            }
+            return cgroups;
+        }
         for path in [
             "",
             "/kubepods",
@@ -850,8 +893,49 @@ impl KubeletCgroups {
 
     /// kubelet's pod container manager (EnsureExists) with ResourceConfigForPod's limits.
     fn make_pod(&mut self, pod: &PodSpec) {
+        if systemd_driver() {
+            self.start_slice(&pod_cgroup_parent(pod));
+            return;
+        }
         self.make(pod_cgroup_parent(pod).trim_start_matches('/'));
         self.set_pod_limits(pod);
+    }
+
+    /// A transient slice, as libcontainer's systemd manager starts one for kubelet
+    /// (StartTransientUnit, waiting for the job); stopped when dropped.
+    fn start_slice(&mut self, unit: &str) {
+        let out = std::process::Command::new("busctl")
+            .args([
+                "call",
+                "--timeout=30",
+                "org.freedesktop.systemd1",
+                "/org/freedesktop/systemd1",
+                "org.freedesktop.systemd1.Manager",
+                "StartTransientUnit",
+                "ssa(sv)a(sa(sv))",
+                unit,
+                "fail",
+                "1",
+                "Description",
+                "s",
+                "crius e2e kubelet slice",
+                "0",
+            ])
+            .output()
+            .expect("busctl");
+        assert!(
+            out.status.success(),
+            "starting {unit}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The job is queued; the slice's cgroup exists once it ran.
+        let dir = Path::new("/sys/fs/cgroup").join(parent_path(unit));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !dir.is_dir() {
+            assert!(Instant::now() < deadline, "{unit} never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.made.push(unit.to_string());
     }
 
     /// ResourceConfigForPod's limits on the pod's cgroup, as kubelet writes them when the pod
@@ -904,7 +988,7 @@ impl KubeletCgroups {
     }
 
     fn set_v1(&self, controller: &str, path: &str, file: &str, value: &str) {
-        if crius_cgroup_v2() || !self.made.iter().any(|m| m == path) {
+        if systemd_driver() || crius_cgroup_v2() || !self.made.iter().any(|m| m == path) {
             return;
         }
         let f = Path::new("/sys/fs/cgroup")
@@ -916,7 +1000,7 @@ impl KubeletCgroups {
 
     /// Sub-cgroups left in the pod's cgroup in any hierarchy (crius's, which it must remove).
     fn children_of(pod: &PodSpec) -> Vec<PathBuf> {
-        let path = pod_cgroup_parent(pod).trim_start_matches('/').to_string();
+        let path = pod_cgroup_path(pod);
         hierarchies()
             .iter()
             .flat_map(|h| {
@@ -933,6 +1017,17 @@ impl KubeletCgroups {
 
 impl Drop for KubeletCgroups {
     fn drop(&mut self) {
+        if systemd_driver() {
+            for unit in self.made.iter().rev() {
+                let stopped = std::process::Command::new("systemctl")
+                    .args(["stop", unit])
+                    .status();
+                if !stopped.is_ok_and(|s| s.success()) {
+                    eprintln!("slice {unit} could not be stopped");
+                }
+            }
+            return;
+        }
         for path in self.made.iter().rev() {
             for h in hierarchies() {
                 let dir = h.join(path);
@@ -1288,9 +1383,9 @@ async fn check_running_pod(daemon: &Daemon, kubelet: &Kubelet, p: &RunningPod) {
         .unwrap();
     let pid = container_pid(daemon, id).await;
     let cgroup = cgroup_of(pid);
-    let parent = pod_cgroup_parent(&p.spec);
+    let parent = pod_cgroup_path(&p.spec);
     assert!(
-        cgroup.starts_with(parent.trim_start_matches('/')),
+        cgroup.starts_with(&parent),
         "{cgroup} is not under {parent}"
     );
     assert_limits_in_cgroup(&cgroup, &r);
@@ -1505,8 +1600,18 @@ async fn check_update_resources(
     // A limit the kernel refuses (the period has room for the quota, the quota not for the
     // container's pod cgroup above it) is answered with the kernel's reason; the old limits
     // stay.
+    // On v2 the kernel clamps a child's quota to its parent's instead of refusing it: there the
+    // refusal is a pids.max kubelet's pod cgroup would set (as a `unified` key) out of range.
     let mut refused = resized.clone();
-    refused.cpu_quota = 17_592_186_044_415;
+    let field = if crius_cgroup_v2() {
+        refused
+            .unified
+            .insert("pids.max".to_string(), "-1".to_string());
+        "linux.unified[pids.max]"
+    } else {
+        refused.cpu_quota = 17_592_186_044_415;
+        "linux.cpu_quota"
+    };
     let err = rt
         .update_container_resources(cri::UpdateContainerResourcesRequest {
             container_id: p.container_id.clone(),
@@ -1517,11 +1622,7 @@ async fn check_update_resources(
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(
-        err.message().contains("linux.cpu_quota"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().contains(field), "{}", err.message());
     assert!(
         err.message().contains("Invalid argument"),
         "no kernel reason: {}",
@@ -1644,7 +1745,7 @@ async fn a_pod_cgroup_crius_makes_skips_missing_controllers() {
     resources.hugepage_limits = hugepage_limits(&kubelet);
     let linux = config.linux.as_mut().unwrap();
     linux.resources = Some(resources);
-    let parent = linux.cgroup_parent.trim_start_matches('/').to_string();
+    let parent = parent_path(&linux.cgroup_parent);
     let pod_id = run_pod(&daemon, config)
         .await
         .unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}"));

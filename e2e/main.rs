@@ -5,6 +5,7 @@ mod registry;
 
 mod agent_binary;
 mod agent_streams;
+mod cgroups;
 mod churn;
 // Shared with the churn benchmark, which uses more of it.
 #[allow(dead_code)]
@@ -24,6 +25,7 @@ mod pod_resize;
 mod runtime_info;
 mod sandbox;
 mod seccomp;
+mod service;
 mod stats;
 mod stop_signals;
 mod stream_client;

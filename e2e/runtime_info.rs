@@ -104,7 +104,12 @@ async fn status_follows_the_cni_config_dir() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runtime_config_reports_cgroupfs() {
+async fn runtime_config_reports_the_configured_cgroup_driver() {
+    // cgroupfs by default; the VM stage also runs the suite with CRIUS_E2E_CGROUP_DRIVER=systemd.
+    let expected = match std::env::var(crate::harness::CGROUP_DRIVER_ENV).as_deref() {
+        Ok("systemd") => cri::CgroupDriver::Systemd,
+        _ => cri::CgroupDriver::Cgroupfs,
+    };
     let daemon = Daemon::start("").await;
     let r = daemon
         .runtime()
@@ -114,10 +119,7 @@ async fn runtime_config_reports_cgroupfs() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        r.linux.unwrap().cgroup_driver,
-        cri::CgroupDriver::Cgroupfs as i32
-    );
+    assert_eq!(r.linux.unwrap().cgroup_driver, expected as i32);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! Container and pod stats from the cgroups, upper dirs and network namespaces.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crius::cri;
@@ -216,17 +217,25 @@ async fn resources_update_live_and_a_refused_change_keeps_the_old_limits() {
     let r = status.resources.unwrap().linux.unwrap();
     assert_eq!((r.memory_limit_in_bytes, r.cpu_shares), (64 << 20, 512));
 
-    // 24 MiB of shared memory the kernel cannot reclaim: a 4 MiB limit is refused.
-    sh(
-        &daemon,
-        &id,
-        "dd if=/dev/zero of=/dev/shm/fill bs=1M count=24 2>/dev/null",
-    )
-    .await;
-    let err = rt
-        .update_container_resources(update(4 << 20))
-        .await
-        .unwrap_err();
+    // A change the kernel refuses after part of it was written. v1: 24 MiB of shared memory
+    // it cannot reclaim, and a 4 MiB limit (EBUSY). v2 takes any memory.max (it reclaims, or
+    // OOM-kills, instead): there a 4 MiB limit goes in with a `unified` pids.max the kernel
+    // refuses, and the memory limit must come back.
+    let refused = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        let mut u = update(4 << 20);
+        let linux = u.linux.as_mut().unwrap();
+        linux.unified = HashMap::from([("pids.max".to_string(), "-1".to_string())]);
+        u
+    } else {
+        sh(
+            &daemon,
+            &id,
+            "dd if=/dev/zero of=/dev/shm/fill bs=1M count=24 2>/dev/null",
+        )
+        .await;
+        update(4 << 20)
+    };
+    let err = rt.update_container_resources(refused).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains(&id), "{}", err.message());
     let (out, _) = sh(&daemon, &id, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max").await;

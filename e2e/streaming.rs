@@ -374,6 +374,11 @@ async fn attach_to_output_stdin_and_terminals() {
         .read_stdout_until(later.as_bytes(), WAIT)
         .await
         .unwrap();
+    // The second may have joined later (slow machines): ticks after its own first one.
+    let b = second.read_stdout_until(b"\n", WAIT).await.unwrap();
+    let b = String::from_utf8_lossy(&b).into_owned();
+    let m: u32 = b.trim().trim_start_matches("tick-").parse().unwrap();
+    let later = format!("tick-{}\n", m + 3);
     second
         .read_stdout_until(later.as_bytes(), WAIT)
         .await

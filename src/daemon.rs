@@ -1,7 +1,13 @@
 //! `crius daemon`: takes the locks, opens the store, serves CRI on the unix socket and shuts
-//! down cleanly on SIGTERM/SIGINT.
+//! down cleanly on SIGTERM/SIGINT. Under systemd (`Type=notify`, hack/crius.service) it tells
+//! the service manager when it is ready and when it stops (see [`sd_notify`]).
 
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::{SocketAddr, UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -53,6 +59,23 @@ pub enum DaemonError {
     Serve {
         socket: PathBuf,
         source: tonic::transport::Error,
+    },
+    #[error("the CRI socket {socket} does not serve HTTP/2: {source}")]
+    NotServing {
+        socket: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Why a notification to the service manager could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("NOTIFY_SOCKET={0:?} is neither an absolute path nor an abstract name (@...)")]
+    BadAddress(String),
+    #[error("notifying the service manager on {socket:?}: {source}")]
+    Send {
+        socket: String,
+        source: std::io::Error,
     },
 }
 
@@ -161,11 +184,31 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             let _ = stopped.await;
         }),
     );
+    // Under systemd (Type=notify): ready once the socket answers an HTTP/2 handshake, so
+    // `systemctl start` returns when kubelet can connect, and units ordered after us start then.
+    if std::env::var_os(NOTIFY_SOCKET).is_some() {
+        let probe = socket.clone();
+        tokio::task::spawn_blocking(move || http2_answers(&probe))
+            .await
+            .map_err(|e| DaemonError::NotServing {
+                socket: socket.clone(),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|source| DaemonError::NotServing {
+                socket: socket.clone(),
+                source,
+            })?;
+        notify_service_manager(&format!(
+            "READY=1\nSTATUS=serving CRI on {}",
+            socket.display()
+        ));
+    }
     let signal_name = wait_for_stop_signal().await?;
     tracing::info!(
         signal = signal_name,
         "shutting down: no new RPCs, waiting for in-flight ones"
     );
+    notify_service_manager("STOPPING=1\nSTATUS=stopping: waiting for in-flight RPCs");
     let _ = stop.send(());
     match tokio::time::timeout(shutdown_timeout, serve).await {
         Ok(Ok(Ok(()))) => {}
@@ -258,6 +301,81 @@ fn remove_socket(socket: &Path) {
     }
 }
 
+/// The environment variable systemd names its notification socket in.
+const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+
+/// Sends `state` to the service manager, logging (not failing) when that does not work: a
+/// missed READY=1 makes systemd time the start out, which says more than an early exit would.
+fn notify_service_manager(state: &str) {
+    match sd_notify(state) {
+        Ok(true) => tracing::debug!(state, "notified the service manager"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot notify the service manager"),
+    }
+}
+
+/// sd_notify(3) without libsystemd: one datagram with `state` (newline-separated `KEY=VALUE`
+/// lines such as `READY=1`) to the unix datagram socket named by `$NOTIFY_SOCKET` — a path, or
+/// an abstract socket name written with a leading `@`. Returns false, sending nothing, when the
+/// variable is not set (not started by systemd, or not `Type=notify`).
+///
+/// The variable stays set (the daemon never changes its own environment); the pod agents are
+/// started without it, and systemd's default `NotifyAccess=main` ignores anyone else anyway.
+pub fn sd_notify(state: &str) -> Result<bool, NotifyError> {
+    match std::env::var_os(NOTIFY_SOCKET) {
+        Some(target) => notify_to(&target, state).map(|()| true),
+        None => Ok(false),
+    }
+}
+
+/// Sends `state` in one datagram to the notification socket `target` (`/path` or `@name`).
+fn notify_to(target: &OsStr, state: &str) -> Result<(), NotifyError> {
+    let address = notify_address(target)?;
+    let send_error = |source| NotifyError::Send {
+        socket: target.to_string_lossy().into_owned(),
+        source,
+    };
+    let socket = UnixDatagram::unbound().map_err(send_error)?;
+    socket
+        .send_to_addr(state.as_bytes(), &address)
+        .map_err(send_error)?;
+    Ok(())
+}
+
+/// `$NOTIFY_SOCKET` as a socket address: `@name` is the abstract name `name`, `/path` a path.
+fn notify_address(target: &OsStr) -> Result<SocketAddr, NotifyError> {
+    let bad = || NotifyError::BadAddress(target.to_string_lossy().into_owned());
+    let bytes = target.as_bytes();
+    match bytes.first() {
+        Some(b'@') => SocketAddr::from_abstract_name(&bytes[1..]).map_err(|_| bad()),
+        Some(b'/') => SocketAddr::from_pathname(Path::new(target)).map_err(|_| bad()),
+        _ => Err(bad()),
+    }
+}
+
+/// Connects to the CRI socket and checks that an HTTP/2 server answers the client preface
+/// with its SETTINGS frame: the socket serves, not merely exists. Bounded by 10 s.
+fn http2_answers(socket: &Path) -> std::io::Result<()> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+    let mut stream = UnixStream::connect(socket)?;
+    let timeout = Some(std::time::Duration::from_secs(10));
+    stream.set_read_timeout(timeout)?;
+    stream.set_write_timeout(timeout)?;
+    stream.write_all(PREFACE)?;
+    stream.write_all(&SETTINGS)?;
+    let mut header = [0u8; 9];
+    stream.read_exact(&mut header)?;
+    if header[3] != 4 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the first frame has type {}, not SETTINGS", header[3]),
+        ));
+    }
+    Ok(())
+}
+
 async fn wait_for_stop_signal() -> Result<&'static str, DaemonError> {
     let mut term = signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM handler"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(io_err("installing SIGINT handler"))?;
@@ -293,4 +411,53 @@ async fn metrics_snapshot(ctx: &Context) -> crate::metrics::Snapshot {
         *snapshot.containers.entry(state).or_default() += 1;
     }
     snapshot
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receive(socket: &UnixDatagram) -> String {
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[test]
+    fn notifies_a_socket_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let listener = UnixDatagram::bind(&path).unwrap();
+        notify_to(path.as_os_str(), "READY=1\nSTATUS=x").unwrap();
+        assert_eq!(receive(&listener), "READY=1\nSTATUS=x");
+    }
+
+    #[test]
+    fn notifies_an_abstract_socket() {
+        let name = format!("crius-test-notify-{}", std::process::id());
+        let address = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let listener = UnixDatagram::bind_addr(&address).unwrap();
+        notify_to(OsStr::new(&format!("@{name}")), "READY=1").unwrap();
+        assert_eq!(receive(&listener), "READY=1");
+    }
+
+    #[test]
+    fn refuses_relative_and_empty_addresses() {
+        for target in ["", "run/notify", "notify"] {
+            assert!(matches!(
+                notify_to(OsStr::new(target), "READY=1"),
+                Err(NotifyError::BadAddress(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_missing_socket_is_a_send_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = notify_to(dir.path().join("none").as_os_str(), "READY=1").unwrap_err();
+        assert!(matches!(err, NotifyError::Send { .. }), "{err}");
+    }
 }

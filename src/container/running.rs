@@ -99,20 +99,31 @@ impl Containers {
         }
         let version = self.cgroup_version;
         let wanted = resources.clone();
-        tokio::task::block_in_place(|| {
+        let written = tokio::task::block_in_place(|| {
             cgroups::container::update(version, &record.cgroup, &wanted, old.as_ref())
-        })
-        .map_err(|e| e.into_error("linux"))
-        .map_err(|e| match e {
-            Error::InvalidArgument { field, reason } => Error::invalid(
-                field,
-                format!(
-                    "container {}: the kernel refused the change: {reason}",
-                    record.id
+        });
+        if written.is_err()
+            && let (Some(systemd), Some(old)) = (self.driver.systemd(), old.as_ref())
+        {
+            // The files have the old limits again: so must the unit, or systemd would write
+            // the refused ones back on its next reload.
+            let scope = crate::cgroups::systemd::scope_name(&record.id);
+            if let Err(e) = systemd.set_limits(&scope, old).await {
+                tracing::warn!(container_id = %record.id, error = %e, "the unit's previous limits could not be restored");
+            }
+        }
+        written
+            .map_err(|e| e.into_error("linux"))
+            .map_err(|e| match e {
+                Error::InvalidArgument { field, reason } => Error::invalid(
+                    field,
+                    format!(
+                        "container {}: the kernel refused the change: {reason}",
+                        record.id
+                    ),
                 ),
-            ),
-            other => other,
-        })?;
+                other => other,
+            })?;
         let Some(mut change) = entry.change().await else {
             return Err(super::not_found(id));
         };

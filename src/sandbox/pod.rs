@@ -39,6 +39,8 @@ pub fn spawn_agent(
     command
         .arg0(super::agent_binary::AGENT_FILE_NAME)
         .args(args)
+        // systemd's notification socket is the daemon's, not the agent's.
+        .env_remove("NOTIFY_SOCKET")
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
