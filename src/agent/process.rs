@@ -81,6 +81,7 @@ impl Container {
             pid: self.pid.as_raw() as u32,
             started_at: self.started_at,
             exit: self.exit.map(|e| e.to_wire()),
+            held: false,
         }
     }
 }
@@ -433,11 +434,21 @@ impl Agent {
 
     /// A Watch: the daemon gets every container as it is now, then every start and exit.
     fn add_watcher(&mut self, mut conn: UnixStream) {
+        let held = self
+            .held
+            .iter()
+            .map(|(id, (forked, _, _))| ContainerProcess {
+                id: id.clone(),
+                pid: forked.pid.as_raw() as u32,
+                held: true,
+                ..Default::default()
+            });
         let snapshot = WatchEvent {
             containers: self
                 .containers
                 .iter()
                 .map(|(id, c)| c.process(id))
+                .chain(held)
                 .collect(),
         };
         // Blocking (with the accept timeout) for the snapshot, which may be large; events are
@@ -480,6 +491,10 @@ impl Agent {
         &mut self,
         start: super::proto::StartContainer,
     ) -> Result<(Pid, i64), AgentError> {
+        // A daemon that died before its Release asks again: the same held process.
+        if let Some((forked, _, _)) = self.held.get(&start.id).filter(|_| start.hold) {
+            return Ok((forked.pid, 0));
+        }
         if self.containers.contains_key(&start.id) || self.held.contains_key(&start.id) {
             return Err(AgentError::AlreadyStarted(start.id));
         }

@@ -39,6 +39,14 @@ pub enum SystemdError {
     Timeout { what: &'static str, unit: String },
 }
 
+impl SystemdError {
+    /// systemd refused to start a unit because it exists already.
+    pub fn is_unit_exists(&self) -> bool {
+        matches!(self, SystemdError::Call { source: zbus::Error::MethodError(name, _, _), .. }
+            if name.as_str() == "org.freedesktop.systemd1.UnitExists")
+    }
+}
+
 /// A connection to systemd's manager.
 pub struct Systemd {
     conn: zbus::Connection,

@@ -145,12 +145,16 @@ impl Containers {
     ) -> Result<()> {
         let limits = super::create::limits_of(record);
         let scope = crate::cgroups::systemd::scope_name(&record.id);
-        systemd
+        match systemd
             .start_scope(&scope, slice, &[pid], limits.as_ref())
             .await
-            .map_err(|e| {
+        {
+            // A daemon that died between placing and releasing: the scope holds the process.
+            Err(e) if e.is_unit_exists() => {}
+            placed => placed.map_err(|e| {
                 crate::cgroups::CgroupError::from(e).into_error("config.linux.resources")
-            })?;
+            })?,
+        }
         let spec = oci_spec::runtime::Spec::load(self.bundle(&record.id).join("config.json"))
             .map_err(|e| Error::Internal(format!("reading the spec of {}: {e}", record.id)))?;
         let rules = super::create::device_rules(&spec);
@@ -269,6 +273,10 @@ impl Containers {
             return Ok(());
         };
         if entry.current().is_none_or(|r| r.sandbox_id != pod_id) {
+            return Ok(());
+        }
+        // Forked but never released: not started yet (sync_all finishes the start).
+        if process.held {
             return Ok(());
         }
         let view = AgentView {

@@ -29,14 +29,33 @@ pub async fn sync_all(ctx: &Arc<Context>) -> crate::error::Result<()> {
         };
         match opened {
             Some((watcher, snapshot)) => {
+                let held: Vec<String> = snapshot
+                    .containers
+                    .iter()
+                    .filter(|c| c.held)
+                    .map(|c| c.id.clone())
+                    .collect();
                 apply(ctx, &pod.id, snapshot).await;
                 spawn(ctx.clone(), pod.id.clone(), Some(watcher));
+                finish_held_starts(ctx, &held).await;
             }
             None if live => spawn(ctx.clone(), pod.id.clone(), None),
             None => ctx.containers.apply_agent_gone(&pod.id).await?,
         }
     }
     Ok(())
+}
+
+/// Starts the daemon did not live to finish (the process forked and held, never released):
+/// finished now, as StartContainer would (placed in its scope, then released).
+async fn finish_held_starts(ctx: &Context, held: &[String]) {
+    for id in held {
+        match ctx.containers.start(&ctx.sandboxes, id).await {
+            Ok(()) => tracing::info!(container_id = %id, "finished a start the daemon died in"),
+            Err(e) => tracing::warn!(container_id = %id, error = %e,
+                "finishing a start the daemon died in"),
+        }
+    }
 }
 
 /// Follows a pod's agent in the background until the agent is gone.
