@@ -206,8 +206,15 @@ async fn the_service_restarts_under_running_pods_and_leaves_nothing() {
         .tempdir_in("/tmp")
         .unwrap();
 
-    // A pod with a container that exits (status 3) once told to, through a file.
-    let image = busybox();
+    // A pod with a container that exits (status 3) once told to, through a file. In the VM
+    // stage the image is pulled by a registry name that only a config.d drop-in's mirror maps
+    // to the test registry: the service reads its drop-ins.
+    let image = match std::env::var("CRIUS_E2E_SERVICE_MIRROR") {
+        Ok(host) if !host.is_empty() => {
+            busybox().replacen(&crate::registry::TestRegistry::get().registry, &host, 1)
+        }
+        _ => busybox(),
+    };
     images()
         .await
         .pull_image(cri::PullImageRequest {
@@ -239,6 +246,11 @@ async fn the_service_restarts_under_running_pods_and_leaves_nothing() {
             "echo waiting; while [ ! -e /tmp/exit-now ]; do sleep 0.1; done; echo exiting; exit 3",
         ],
     );
+    let mut config = config;
+    config.image = Some(cri::ImageSpec {
+        image: image.clone(),
+        ..Default::default()
+    });
     let ctr_id = runtime()
         .await
         .create_container(cri::CreateContainerRequest {

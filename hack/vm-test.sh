@@ -84,6 +84,11 @@ in_guest() {
     }
     # shellcheck disable=SC1091
     . "$work/env"
+    # A drop-in (merged over config.toml) maps a registry name of the tests' own to the test
+    # registry; the service test pulls by that name.
+    mkdir -p /etc/crius/config.d
+    printf '[registry.mirrors]\n"registry.crius-vm.test" = ["http://%s"]\n' "$CRIUS_TEST_REGISTRY" \
+        >/etc/crius/config.d/50-vm-test-registry.toml
     echo "== [$driver] crius as a systemd service (hack/install-service.sh)"
     if ! bash hack/install-service.sh --binary "$binary"; then
         systemctl status crius --no-pager || true
@@ -97,7 +102,7 @@ in_guest() {
     "$e2e" --exact --test-threads=2 "${tests[@]}" || status=1
 
     echo "== [$driver] the system service: $SERVICE_TEST"
-    CRIUS_E2E_SERVICE=1 "$e2e" --exact --nocapture "$SERVICE_TEST" 2>&1 | tee "$work/service.out" || status=1
+    CRIUS_E2E_SERVICE=1 CRIUS_E2E_SERVICE_MIRROR=registry.crius-vm.test "$e2e" --exact --nocapture "$SERVICE_TEST" 2>&1 | tee "$work/service.out" || status=1
     if ! grep -qF "$SERVICE_RAN" "$work/service.out"; then
         echo "vm-test: the service test did not run to its end"
         status=1
