@@ -292,6 +292,7 @@ pub fn attach(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<(), DeviceFilte
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::container::oci::device_rule as rule;
 
     /// Runs a program of the opcodes `compile` emits on one request.
     fn run(program: &[Insn], typ: u32, access: u32, major: u32, minor: u32) -> u64 {
@@ -320,22 +321,6 @@ mod tests {
             }
             pc = (pc as isize + next) as usize;
         }
-    }
-
-    fn rule(
-        allow: bool,
-        typ: Option<LinuxDeviceType>,
-        major: Option<i64>,
-        minor: Option<i64>,
-        access: &str,
-    ) -> LinuxDeviceCgroup {
-        let mut r = LinuxDeviceCgroup::default();
-        r.set_allow(allow);
-        r.set_typ(typ);
-        r.set_major(major);
-        r.set_minor(minor);
-        r.set_access(Some(access.to_string()));
-        r
     }
 
     const C: u32 = DEV_CHAR as u32;

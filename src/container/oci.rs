@@ -85,7 +85,7 @@ pub fn char_device(path: &str, major: i64, minor: i64) -> LinuxDevice {
     d
 }
 
-fn device_rule(
+pub(crate) fn device_rule(
     allow: bool,
     typ: Option<LinuxDeviceType>,
     major: Option<i64>,
