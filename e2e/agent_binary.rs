@@ -22,17 +22,7 @@ async fn a_container_cannot_reach_or_write_the_agent_binary() {
     // A pod-level PID namespace: its PID 1 is forked by the agent, so it runs the agent's
     // binary, and a container with CAP_SYS_PTRACE may open /proc/1/exe.
     let pod = start_pod(&daemon, "exe", |config| {
-        let options = config
-            .linux
-            .as_mut()
-            .unwrap()
-            .security_context
-            .as_mut()
-            .unwrap()
-            .namespace_options
-            .as_mut()
-            .unwrap();
-        options.pid = cri::NamespaceMode::Pod as i32;
+        crate::sandbox::namespace_options(config).pid = cri::NamespaceMode::Pod as i32;
     })
     .await;
     let mut c = container_config("peek", &["sleep", "1000"]);

@@ -41,6 +41,16 @@ pub fn pod_config(daemon: &Daemon, name: &str) -> cri::PodSandboxConfig {
     }
 }
 
+/// The pod's namespace options, which `pod_config` always sets.
+pub fn namespace_options(config: &mut cri::PodSandboxConfig) -> &mut cri::NamespaceOption {
+    config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+        .expect("pod_config sets namespace options")
+}
+
 pub async fn run_pod(
     daemon: &Daemon,
     config: cri::PodSandboxConfig,
@@ -321,16 +331,7 @@ async fn host_network_pods_skip_cni_and_keep_the_host_hostname() {
     let daemon = Daemon::start("").await;
     // No CNI config at all: a host-network pod does not need one.
     let mut config = pod_config(&daemon, "hostnet");
-    let ns = config
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap();
+    let ns = namespace_options(&mut config);
     ns.network = cri::NamespaceMode::Node as i32;
     let id = run_pod(&daemon, config).await.unwrap();
     let status = pod_status(&daemon, &id).await.unwrap();
@@ -355,17 +356,7 @@ async fn a_shared_pid_namespace_has_its_own_pid_1() {
     let daemon = Daemon::start("").await;
     daemon.dir.write_bridge_cni_config();
     let mut config = pod_config(&daemon, "shared-pid");
-    config
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap()
-        .pid = cri::NamespaceMode::Pod as i32;
+    namespace_options(&mut config).pid = cri::NamespaceMode::Pod as i32;
     let id = run_pod(&daemon, config).await.unwrap();
     let status = pod_status(&daemon, &id).await.unwrap();
     let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
