@@ -39,8 +39,14 @@ pub fn enter() -> Result<OwnedFd, String> {
         }
         ForkResult::Parent { child } => {
             drop(write);
+            let mut read = std::fs::File::from(read);
             let mut byte = [0u8; 1];
-            let ready = matches!(std::fs::File::from(read).read(&mut byte), Ok(1));
+            let ready = loop {
+                match read.read(&mut byte) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    result => break matches!(result, Ok(1)),
+                }
+            };
             if ready {
                 std::process::exit(0);
             }
