@@ -243,3 +243,79 @@ async fn pod_pid_sysctl_the_kernel_refuses_is_invalid_argument() {
     assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
     assert!(err.message().contains("kernel.msgmax"), "{}", err.message());
 }
+
+/// Field 22 of /proc/<pid>/stat, as the daemon records it.
+fn start_time(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+/// Rewrites a pod's stored record (the daemon must be stopped).
+fn edit_record(daemon: &Daemon, pod: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let db = rusqlite::Connection::open(daemon.dir.root().join("crius.db")).unwrap();
+    let text: String = db
+        .query_row("SELECT record FROM sandboxes WHERE id = ?1", [pod], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let mut record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    edit(&mut record);
+    db.execute(
+        "UPDATE sandboxes SET record = ?1 WHERE id = ?2",
+        [record.to_string(), pod.to_string()],
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_pid_pods_recorded_before_the_agent_was_pid_1_or_half_recorded_still_stop() {
+    let mut daemon = Daemon::start("").await;
+    daemon.dir.write_bridge_cni_config();
+    pull(&daemon, &busybox()).await.unwrap();
+    // A pod from before: its record names a PID 1 of its own beside the agent (here a stand-in).
+    let old = pid_pod(&daemon, "pid1-old").await;
+    let c = run(&daemon, &old, shared("sleeper", &["sleep", "1004"])).await;
+    let container = pid_of(&daemon, &c).await;
+    let mut stand_in = std::process::Command::new("sleep")
+        .arg("1005")
+        .spawn()
+        .unwrap();
+    let init = stand_in.id() as i32;
+    // A pod whose set-up the daemon did not live to finish recording: the record still names
+    // the process it started, which forked the agent and exited.
+    let half = pid_pod(&daemon, "pid1-half").await;
+    let (half_agent, _) = agent_and_init(&daemon, &half.id).await;
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id() as i32;
+    let gone_start = start_time(gone_pid);
+    gone.wait().unwrap();
+
+    daemon.stop();
+    edit_record(&daemon, &old.id, |r| {
+        r["pid_init"] = serde_json::json!({"pid": init, "start_time": start_time(init)});
+    });
+    edit_record(&daemon, &half.id, |r| {
+        r["agent"] = serde_json::json!({"pid": gone_pid, "start_time": gone_start});
+        r["state"] = serde_json::json!("NotReady");
+    });
+    daemon.spawn().await;
+
+    // The recorded PID 1 is reported, and killed first when the pod stops.
+    let (agent, reported) = agent_and_init(&daemon, &old.id).await;
+    assert_eq!(reported, init);
+    assert!(ready(&pod_status(&daemon, &old.id).await.unwrap()));
+    remove_all(&daemon, &old).await;
+    let status = stand_in.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    wait_dead(agent, "the old pod's agent").await;
+    wait_dead(container, "the old pod's container").await;
+
+    // The agent the record does not name is found on the pod's socket and stopped.
+    assert!(alive(half_agent));
+    remove_all(&daemon, &half).await;
+    wait_dead(half_agent, "the half-recorded pod's agent").await;
+}
