@@ -37,6 +37,9 @@ pub struct AgentArgs {
     pub sysctls: Vec<(String, String)>,
     /// The agent was started after unshare(CLONE_NEWPID): start the namespace's PID 1.
     pub pid_init: bool,
+    /// A user-namespaced pod: the agent makes the pod's user namespace with these ranges and
+    /// the network, IPC and UTS namespaces it owns, and joins the latter.
+    pub user_namespace: Option<crate::linux::userns::PodMappings>,
 }
 
 /// ExecSync output (stdout and stderr together) beyond this is dropped: the answer must fit
@@ -133,15 +136,6 @@ struct Agent {
 /// Runs the agent until it is told to shut down. Errors before serving are fatal: the daemon
 /// sees the agent exit and reports why from its log.
 pub fn run(args: AgentArgs) -> Result<(), String> {
-    if let Some(hostname) = &args.hostname {
-        nix::unistd::sethostname(hostname).map_err(|e| format!("sethostname {hostname:?}: {e}"))?;
-    }
-    if args.loopback {
-        loopback_up().map_err(|e| format!("bringing lo up: {e}"))?;
-    }
-    if let Err(refused) = crate::sandbox::sysctl::apply(&args.sysctls) {
-        refused.exit_agent();
-    }
     // Containers will be our children; orphans of theirs come back to us to be reaped.
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag and no pointers.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
@@ -158,11 +152,24 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
         .map_err(|e| format!("blocking SIGCHLD: {e}"))?;
     let sigchld = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| format!("signalfd: {e}"))?;
+    // The first child of a new PID namespace is its init: it comes before any other fork.
     let pid_init = if args.pid_init {
         Some(spawn::pid_init().map_err(|e| e.to_string())?)
     } else {
         None
     };
+    if let Some(maps) = args.user_namespace {
+        crate::linux::userns::enter_pod_namespaces(maps).map_err(|e| e.to_string())?;
+    }
+    if let Some(hostname) = &args.hostname {
+        nix::unistd::sethostname(hostname).map_err(|e| format!("sethostname {hostname:?}: {e}"))?;
+    }
+    if args.loopback {
+        loopback_up().map_err(|e| format!("bringing lo up: {e}"))?;
+    }
+    if let Err(refused) = crate::sandbox::sysctl::apply(&args.sysctls) {
+        refused.exit_agent();
+    }
     let _ = std::fs::remove_file(&args.socket);
     let listener = UnixListener::bind(&args.socket)
         .map_err(|e| format!("binding {}: {e}", args.socket.display()))?;
