@@ -232,6 +232,9 @@ async fn a_user_namespaced_pod_is_root_only_over_what_it_owns() {
     remove_all(&daemon, &pod).await;
 }
 
+/// A pod config edit kubelet never makes, and words the refusal must name.
+type RefusedCase = (&'static str, fn(&mut cri::PodSandboxConfig), &'static str);
+
 /// A ramfs cannot be idmapped on any kernel: a volume on one is refused at CreateContainer.
 struct Ramfs(std::path::PathBuf);
 
@@ -251,7 +254,7 @@ async fn user_namespace_requests_kubelet_never_sends_are_refused() {
         edit(&mut config);
         config
     };
-    let cases: [(&str, fn(&mut cri::PodSandboxConfig), &str); 6] = [
+    let cases: [RefusedCase; 6] = [
         (
             "two",
             |c| {
