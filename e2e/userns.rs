@@ -157,6 +157,15 @@ async fn a_user_namespaced_pod_is_root_only_over_what_it_owns() {
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("65534") && out.contains("denied"), "{out}");
 
+    // The pod's files and /dev/shm work inside.
+    let (out, code) = sh(
+        &daemon,
+        &id,
+        "hostname; grep -c userns-host /etc/hosts; echo s > /dev/shm/f && cat /dev/shm/f",
+    )
+    .await;
+    assert_eq!((out.as_str(), code), ("userns-host\n1\ns\n", 0));
+
     // The rootfs: the image's files are root's; what the pod writes lands as its host ids.
     let (out, _) = sh(
         &daemon,
