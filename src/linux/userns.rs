@@ -99,18 +99,26 @@ pub fn enter_pod_namespaces(maps: PodMappings) -> Result<(), SetupError> {
 }
 
 /// In the forked child: new user, network, IPC and UTS namespaces (the others owned by the
-/// user one), a byte to say so (an errno on failure), then nothing until killed.
+/// user one), then a report (an errno, 0 for none, and this process's pid as the host's /proc
+/// names it: the agent may be PID 1 of a PID namespace of its own, where fork answers another
+/// number), then nothing until killed.
 fn hold_new_namespaces(ready: &OwnedFd) -> ! {
     let flags = CloneFlags::CLONE_NEWUSER
         | CloneFlags::CLONE_NEWNET
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWUTS;
-    let report = match nix::sched::unshare(flags) {
+    let errno = match nix::sched::unshare(flags) {
         Ok(()) => 0i32,
         Err(e) => e as i32,
     };
-    let _ = nix::unistd::write(ready, &report.to_le_bytes());
-    if report != 0 {
+    let proc_pid: i32 = std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str()?.parse().ok())
+        .unwrap_or(0);
+    let mut report = errno.to_le_bytes().to_vec();
+    report.extend_from_slice(&proc_pid.to_le_bytes());
+    let _ = nix::unistd::write(ready, &report);
+    if errno != 0 {
         // SAFETY: _exit ends the child at once, touching none of the agent's state.
         unsafe { libc::_exit(1) }
     }
@@ -125,18 +133,25 @@ fn join_child_namespaces(
     ready: OwnedFd,
     maps: PodMappings,
 ) -> Result<(), SetupError> {
-    let mut report = [0u8; 4];
+    let mut report = [0u8; 8];
     std::fs::File::from(ready)
         .read_exact(&mut report)
         .map_err(SetupError::at_io("waiting for the user namespace"))?;
-    let errno = i32::from_le_bytes(report);
+    let (errno, proc_pid) = report.split_at(4);
+    let errno = i32::from_le_bytes(errno.try_into().unwrap_or_default());
     if errno != 0 {
         return Err(SetupError::os(
             "creating the pod's user namespace",
             Errno::from_raw(errno),
         ));
     }
-    let proc = format!("/proc/{child}");
+    let proc_pid = i32::from_le_bytes(proc_pid.try_into().unwrap_or_default());
+    if proc_pid <= 0 {
+        return Err(SetupError::from(format!(
+            "the user namespace holder (pid {child}) could not name itself in /proc"
+        )));
+    }
+    let proc = format!("/proc/{proc_pid}");
     for (file, range) in [("uid_map", maps.uids), ("gid_map", maps.gids)] {
         std::fs::write(format!("{proc}/{file}"), range.map_line())
             .map_err(SetupError::at_io(format!("writing the pod's {file}")))?;
