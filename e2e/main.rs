@@ -31,3 +31,4 @@ mod stats;
 mod stop_signals;
 mod stream_client;
 mod streaming;
+mod userns;

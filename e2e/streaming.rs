@@ -26,7 +26,7 @@ async fn attach_url(daemon: &Daemon, request: cri::AttachRequest) -> Result<Stri
     rt.attach(request).await.map(|r| r.into_inner().url)
 }
 
-async fn port_forward_url(
+pub(crate) async fn port_forward_url(
     daemon: &Daemon,
     pod_id: &str,
     ports: &[i32],

@@ -67,6 +67,10 @@ TESTS=(
     cgroups::the_systemd_driver_runs_each_pod_and_container_in_a_scope_of_the_kubelet_slice
     # The driver the runtime reports to kubelet.
     runtime_info::runtime_config_reports_the_configured_cgroup_driver
+    # User namespaces on Debian 12's kernel (6.1): idmapped overlay layers and volumes on
+    # ext4, the pod's namespaces owned by its user namespace, restart survival.
+    userns::a_user_namespaced_pod_is_root_only_over_what_it_owns
+    userns::a_user_namespaced_pod_sharing_pids_survives_a_daemon_crash
 )
 SERVICE_TEST=service::the_service_restarts_under_running_pods_and_leaves_nothing
 SERVICE_RAN="crius.service test: ran to the end"

@@ -3,12 +3,13 @@
 //! daemon starts it; it is not meant to be run by hand.
 //!
 //! Usage: `crius-agent --socket PATH [--hostname NAME] [--loopback] [--pid-init]
-//! [--sysctl NAME=VALUE]...`, or `crius-agent --version`.
+//! [--uid-map HOST:LENGTH --gid-map HOST:LENGTH] [--sysctl NAME=VALUE]...`, or `crius-agent --version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crius::agent::process::AgentArgs;
+use crius::linux::userns::{IdRange, PodMappings};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,7 +41,9 @@ fn parse(args: &[String]) -> Result<AgentArgs, String> {
         loopback: false,
         sysctls: Vec::new(),
         pid_init: false,
+        user_namespace: None,
     };
+    let (mut uids, mut gids) = (None, None);
     let mut args = args.iter();
     while let Some(flag) = args.next() {
         let mut value = || {
@@ -53,6 +56,8 @@ fn parse(args: &[String]) -> Result<AgentArgs, String> {
             "--hostname" => agent.hostname = Some(value()?),
             "--loopback" => agent.loopback = true,
             "--pid-init" => agent.pid_init = true,
+            "--uid-map" => uids = Some(IdRange::parse(&value()?)?),
+            "--gid-map" => gids = Some(IdRange::parse(&value()?)?),
             "--sysctl" => {
                 let setting = value()?;
                 let (name, v) = setting
@@ -63,6 +68,11 @@ fn parse(args: &[String]) -> Result<AgentArgs, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    agent.user_namespace = match (uids, gids) {
+        (Some(uids), Some(gids)) => Some(PodMappings { uids, gids }),
+        (None, None) => None,
+        _ => return Err("--uid-map and --gid-map go together".into()),
+    };
     if agent.socket.as_os_str().is_empty() {
         return Err("--socket is required".into());
     }

@@ -38,6 +38,9 @@ pub struct AgentArgs {
     /// The agent was started after unshare(CLONE_NEWPID): it forks once and goes on as PID 1
     /// of the pod's PID namespace (see `pid_one`).
     pub pid_init: bool,
+    /// A user-namespaced pod: the agent makes the pod's user namespace with these ranges and
+    /// the network, IPC and UTS namespaces it owns, and joins the latter.
+    pub user_namespace: Option<crate::linux::userns::PodMappings>,
 }
 
 /// ExecSync output (stdout and stderr together) beyond this is dropped: the answer must fit
@@ -156,15 +159,6 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
     } else {
         None
     };
-    if let Some(hostname) = &args.hostname {
-        nix::unistd::sethostname(hostname).map_err(|e| format!("sethostname {hostname:?}: {e}"))?;
-    }
-    if args.loopback {
-        loopback_up().map_err(|e| format!("bringing lo up: {e}"))?;
-    }
-    if let Err(refused) = crate::sandbox::sysctl::apply(&args.sysctls) {
-        refused.exit_agent();
-    }
     // Containers will be our children; orphans of theirs come back to us to be reaped.
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag and no pointers.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
@@ -184,6 +178,18 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
         .map_err(|e| format!("blocking signals: {e}"))?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| format!("signalfd: {e}"))?;
+    if let Some(maps) = args.user_namespace {
+        crate::linux::userns::enter_pod_namespaces(maps).map_err(|e| e.to_string())?;
+    }
+    if let Some(hostname) = &args.hostname {
+        nix::unistd::sethostname(hostname).map_err(|e| format!("sethostname {hostname:?}: {e}"))?;
+    }
+    if args.loopback {
+        loopback_up().map_err(|e| format!("bringing lo up: {e}"))?;
+    }
+    if let Err(refused) = crate::sandbox::sysctl::apply(&args.sysctls) {
+        refused.exit_agent();
+    }
     let _ = std::fs::remove_file(&args.socket);
     let listener = UnixListener::bind(&args.socket)
         .map_err(|e| format!("binding {}: {e}", args.socket.display()))?;

@@ -60,14 +60,21 @@ impl Containers {
             &leased.layer_dirs,
         )
         .and_then(|()| {
+            let image_mounts: Vec<usize> = (0..config.mounts.len())
+                .filter(|i| super::image_volumes::is_image_mount(&config.mounts[*i]))
+                .collect();
             self.build_spec(
                 sandboxes,
                 &pod,
                 &for_spec,
                 &image.record.config.config,
                 &id,
-                &leased.layer_dirs,
+                (&leased.layer_dirs, &image_mounts),
             )
+        })
+        .and_then(|built| {
+            super::userns::check_idmappable(&pod, &leased.layer_dirs, &built.0)?;
+            Ok(built)
         })
         .and_then(|built| {
             let parent = pod
@@ -172,7 +179,7 @@ impl Containers {
         config: &cri::ContainerConfig,
         image: &crate::image::manifest::ContainerDefaults,
         id: &str,
-        chain_dirs: &[PathBuf],
+        (chain_dirs, image_mounts): (&[PathBuf], &[usize]),
     ) -> Result<(oci_spec::runtime::Spec, bool)> {
         let security = config
             .linux
@@ -196,6 +203,8 @@ impl Containers {
         )
         .map_err(|e| Error::invalid("config.linux.security_context.run_as_user", e))?;
         let new_pid_ns = new_pid_namespace(pod, &security)?;
+        same_user_namespace_as_pod(pod, &security)?;
+        let plain_binds = image_mounts;
         if security.run_as_group.is_some()
             && security.run_as_user.is_none()
             && security.run_as_username.is_empty()
@@ -248,6 +257,7 @@ impl Containers {
                 .as_ref()
                 .and_then(|l| l.security_context.as_ref())
                 .is_some_and(|s| s.privileged),
+            user_namespace: pod.user_namespace(),
         };
         let cgroup_parent = pod.cgroup_parent().unwrap_or_default();
         let inputs = oci::SpecInputs {
@@ -266,6 +276,7 @@ impl Containers {
             } else {
                 vec![]
             },
+            plain_binds,
         };
         let spec = oci::build(&inputs).map_err(|(field, reason)| Error::invalid(field, reason))?;
         Ok((spec, new_pid_ns))
@@ -368,6 +379,31 @@ pub(super) fn device_rules(
         .and_then(|l| l.resources().as_ref())
         .and_then(|r| r.devices().clone())
         .unwrap_or_default()
+}
+
+/// A container shares its pod's user namespace: options that name another are refused.
+fn same_user_namespace_as_pod(
+    pod: &SandboxRecord,
+    security: &cri::LinuxContainerSecurityContext,
+) -> Result<()> {
+    let field = "config.linux.security_context.namespace_options";
+    let Some(asked) = security
+        .namespace_options
+        .as_ref()
+        .and_then(|n| n.userns_options.as_ref())
+    else {
+        return Ok(());
+    };
+    if crate::sandbox::userns::pod_mappings(field, Some(asked))? != pod.user_namespace() {
+        return Err(Error::invalid(
+            format!("{field}.userns_options"),
+            format!(
+                "differs from the user namespace of pod sandbox {}: a container shares its pod's",
+                pod.id
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Which PID namespace the container gets: its own unless it shares the pod's (POD, when the

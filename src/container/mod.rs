@@ -16,6 +16,7 @@ pub mod stats;
 pub mod stop_signal;
 pub mod streams;
 pub mod table;
+mod userns;
 pub mod validate;
 pub mod watch;
 

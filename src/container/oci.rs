@@ -7,12 +7,13 @@ use std::path::{Component, Path, PathBuf};
 use crate::cri;
 use oci_spec::runtime::{
     Capability, LinuxCapabilities, LinuxCpu, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType,
-    LinuxHugepageLimit, LinuxMemory, LinuxNamespace, LinuxNamespaceType, LinuxResources,
-    LinuxSeccomp, Mount, Process, Root, Spec, User,
+    LinuxHugepageLimit, LinuxIdMapping, LinuxIdMappingBuilder, LinuxMemory, LinuxNamespace,
+    LinuxNamespaceType, LinuxResources, LinuxSeccomp, Mount, Process, Root, Spec, User,
 };
 
 use super::spec::{self, MASKED_PATHS, READONLY_PATHS};
 use crate::image::manifest::ContainerDefaults;
+use crate::linux::userns::{IdRange, PodMappings};
 
 /// What the pod contributes to its containers' specs.
 #[derive(Debug, Clone, Default)]
@@ -28,6 +29,8 @@ pub struct PodView {
     pub hosts_file: PathBuf,
     pub resolv_file: PathBuf,
     pub privileged: bool,
+    /// The ranges of the pod's own user namespace; None for the host's.
+    pub user_namespace: Option<PodMappings>,
 }
 
 /// Every input of the spec; the user, the seccomp profile and the oom score are resolved by
@@ -49,6 +52,9 @@ pub struct SpecInputs<'a> {
     pub grantable: &'a [String],
     /// Char and block devices of the host, for privileged containers.
     pub host_devices: Vec<LinuxDevice>,
+    /// Indices into `config.mounts` of binds that are never idmapped (image volumes: an
+    /// overlay, shown as the image has it).
+    pub plain_binds: &'a [usize],
 }
 
 /// (field, reason) of an invalid input.
@@ -369,7 +375,7 @@ fn mounts(
     let mut mounts = default_mounts(security.privileged);
     mounts.push(shm_mount(input.pod));
     mounts.extend(pod_file_mounts(input, security.readonly_rootfs));
-    for volume in volume_mounts(input.config)? {
+    for volume in volume_mounts(input)? {
         mounts.retain(|existing| existing.destination() != volume.destination());
         mounts.push(volume);
     }
@@ -469,7 +475,11 @@ fn pod_file_mounts(input: &SpecInputs, readonly_rootfs: bool) -> Vec<Mount> {
 /// kubelet's volumes as bind mounts, checked in the order given, then sorted by the depth of
 /// their destination (stable, as containerd does): `/data` is mounted before `/data/sub`
 /// whatever order they came in, so it never hides it.
-fn volume_mounts(config: &cri::ContainerConfig) -> Result<Vec<Mount>, Invalid> {
+/// In a user-namespaced pod they are idmapped through the pod's user namespace (the mount's
+/// uidMappings and gidMappings), as containerd does: the pod's root sees what the host's root
+/// owns there as its own.
+fn volume_mounts(input: &SpecInputs) -> Result<Vec<Mount>, Invalid> {
+    let config = input.config;
     let mut volumes = Vec::with_capacity(config.mounts.len());
     for (i, m) in config.mounts.iter().enumerate() {
         check_volume(&format!("config.mounts[{i}]"), m)?;
@@ -478,7 +488,14 @@ fn volume_mounts(config: &cri::ContainerConfig) -> Result<Vec<Mount>, Invalid> {
         if m.recursive_read_only {
             options.push("rro");
         }
-        volumes.push(mount(&m.container_path, "bind", &m.host_path, &options));
+        let mut volume = mount(&m.container_path, "bind", &m.host_path, &options);
+        if let Some(maps) = input.pod.user_namespace
+            && !input.plain_binds.contains(&i)
+        {
+            volume.set_uid_mappings(Some(vec![id_mapping(maps.uids)]));
+            volume.set_gid_mappings(Some(vec![id_mapping(maps.gids)]));
+        }
+        volumes.push(volume);
     }
     volumes.sort_by_key(|m| destination_depth(m.destination()));
     Ok(volumes)
@@ -572,8 +589,19 @@ fn requested_devices(config: &cri::ContainerConfig) -> Result<Vec<LinuxDevice>, 
         .collect()
 }
 
+/// One range of a user namespace as the OCI spec writes it (container id 0 first).
+fn id_mapping(range: IdRange) -> LinuxIdMapping {
+    LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(range.host)
+        .size(range.length)
+        .build()
+        .unwrap_or_default()
+}
+
 /// Own mount and cgroup namespaces, a PID namespace unless shared, and the pod's pinned
-/// network, IPC and UTS namespaces.
+/// network, IPC and UTS namespaces; the pod's user namespace when it has one (the spec gives
+/// its ranges: its owner is the network namespace's).
 fn namespaces(input: &SpecInputs) -> Vec<LinuxNamespace> {
     let mut namespaces = vec![
         namespace(LinuxNamespaceType::Mount, None),
@@ -591,6 +619,9 @@ fn namespaces(input: &SpecInputs) -> Vec<LinuxNamespace> {
             namespaces.push(namespace(typ, Some(p)));
         }
     }
+    if input.pod.user_namespace.is_some() {
+        namespaces.push(namespace(LinuxNamespaceType::User, None));
+    }
     namespaces
 }
 
@@ -606,13 +637,18 @@ fn linux(
     let privileged = security.privileged;
     let mut linux = oci_spec::runtime::Linux::default();
     linux.set_namespaces(Some(namespaces(input)));
+    if let Some(maps) = input.pod.user_namespace {
+        linux.set_uid_mappings(Some(vec![id_mapping(maps.uids)]));
+        linux.set_gid_mappings(Some(vec![id_mapping(maps.gids)]));
+    }
     linux.set_devices(Some(devices));
     linux.set_resources(Some(resources(
         input.config,
         device_rules(cgroup_devices, privileged),
     )));
     linux.set_cgroups_path(Some(input.cgroup_path.clone().into()));
-    let (masked, readonly) = masked_and_readonly_paths(security);
+    let (masked, readonly) =
+        masked_and_readonly_paths(security, input.pod.user_namespace.is_some());
     linux.set_masked_paths(Some(masked));
     linux.set_readonly_paths(Some(readonly));
     linux.set_seccomp(if privileged {
@@ -625,11 +661,17 @@ fn linux(
     linux
 }
 
-/// The request's masked and read-only paths, else containerd's; none when privileged.
+/// The request's masked and read-only paths, else containerd's; none when privileged. In a
+/// user-namespaced pod, both lists empty is kubelet's `procMount: Unmasked` (it sends the
+/// default lists for `Default`, and allows Unmasked only there): nothing is masked. Elsewhere
+/// empty lists (crictl, older clients) get the defaults.
 fn masked_and_readonly_paths(
     security: &cri::LinuxContainerSecurityContext,
+    user_namespace: bool,
 ) -> (Vec<String>, Vec<String>) {
-    if security.privileged {
+    let unmasked =
+        user_namespace && security.masked_paths.is_empty() && security.readonly_paths.is_empty();
+    if security.privileged || unmasked {
         return (vec![], vec![]);
     }
     let or_default = |given: &[String], default: &[&str]| {
@@ -768,6 +810,7 @@ mod tests {
             all_capabilities: &["CAP_CHOWN", "CAP_KILL", "CAP_SYS_ADMIN", "CAP_NET_RAW"],
             grantable: &GRANTABLE,
             host_devices: vec![],
+            plain_binds: &[],
         }
     }
 

@@ -92,18 +92,56 @@ impl ProcessUser {
     }
 
     /// The ids a running process really has, from /proc/<pid>/status (real uid and gid, and
-    /// its supplementary groups).
+    /// its supplementary groups), as its own user namespace names them (/proc shows the
+    /// host's ids; a user-namespaced pod's process maps them through its uid_map and gid_map).
     pub fn of_process(pid: i32) -> Option<ProcessUser> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let field = |name: &str| -> Option<Vec<u32>> {
             let line = status.lines().find_map(|l| l.strip_prefix(name))?;
             line.split_whitespace().map(|n| n.parse().ok()).collect()
         };
+        let uids = IdMap::of_process(pid, "uid_map")?;
+        let gids = IdMap::of_process(pid, "gid_map")?;
         Some(ProcessUser {
-            uid: *field("Uid:")?.first()?,
-            gid: *field("Gid:")?.first()?,
-            groups: field("Groups:")?,
+            uid: uids.inside(*field("Uid:")?.first()?),
+            gid: gids.inside(*field("Gid:")?.first()?),
+            groups: field("Groups:")?
+                .into_iter()
+                .map(|g| gids.inside(g))
+                .collect(),
         })
+    }
+}
+
+/// A process's uid_map or gid_map as this process sees it: (inside, outside, length) lines.
+struct IdMap(Vec<(u32, u32, u32)>);
+
+impl IdMap {
+    fn of_process(pid: i32, file: &str) -> Option<IdMap> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+        Some(IdMap::parse(&text))
+    }
+
+    fn parse(text: &str) -> IdMap {
+        IdMap(
+            text.lines()
+                .filter_map(|line| {
+                    let mut n = line.split_whitespace().map(|n| n.parse::<u32>().ok());
+                    Some((n.next()??, n.next()??, n.next()??))
+                })
+                .collect(),
+        )
+    }
+
+    /// The id inside the namespace that `outside` is; overflowid (65534) when unmapped.
+    fn inside(&self, outside: u32) -> u32 {
+        self.0
+            .iter()
+            .find_map(|&(inside, start, length)| {
+                let offset = outside.checked_sub(start)?;
+                (offset < length).then(|| inside + offset)
+            })
+            .unwrap_or(65534)
     }
 }
 
@@ -170,6 +208,19 @@ mod tests {
         json.as_object_mut().unwrap().remove("stop_signal");
         let record: ContainerRecord = serde_json::from_value(json).unwrap();
         assert_eq!(record.stop_signal, libc::SIGTERM);
+    }
+
+    #[test]
+    fn process_ids_are_named_as_their_user_namespace_names_them() {
+        let host = IdMap::parse("         0          0 4294967295\n");
+        assert_eq!(host.inside(1000), 1000);
+        let pod = IdMap::parse("         0     100000      65536\n");
+        assert_eq!(pod.inside(100000), 0);
+        assert_eq!(pod.inside(101000), 1000);
+        assert_eq!(pod.inside(0), 65534);
+        assert_eq!(pod.inside(165536), 65534);
+        let me = ProcessUser::of_process(std::process::id() as i32).unwrap();
+        assert_eq!(me.uid, nix::unistd::getuid().as_raw());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use oci_spec::runtime::Spec;
 use super::SetupError;
 use super::rootfs::{self, Overlay};
 use super::security;
+use super::userns::{self, IdRange, PodMappings};
 
 /// The descriptors that become the process's 0, 1 and 2.
 pub struct Stdio {
@@ -65,6 +66,13 @@ pub fn container(
             .map(|r| r.path().clone())
             .unwrap_or_else(|| "rootfs".into()),
     );
+    let pod_userns = pod_user_namespace(&spec)?;
+    let user_namespace = pod_userns
+        .as_ref()
+        .map(|(userns, maps)| rootfs::UserNamespace {
+            userns,
+            maps: *maps,
+        });
     rootfs::prepare(
         &spec,
         &root,
@@ -72,9 +80,13 @@ pub fn container(
             layers_dir: setup.layers_dir,
             options: setup.overlay_options,
         },
+        user_namespace.as_ref(),
     )?;
     if let Some(console) = console {
         open_terminal(console)?;
+    }
+    if let Some((userns, _)) = &pod_userns {
+        userns::enter(userns)?;
     }
     let args = process.args().clone().unwrap_or_default();
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
@@ -149,6 +161,8 @@ pub fn exec(target: ExecTarget, stdio: Stdio) -> Result<Infallible, SetupError> 
             process.set_env(Some(env));
         }
     }
+    // Found through the agent's network namespace, before the container's mounts hide it.
+    let pod_userns = pod_user_namespace(&spec)?;
     join_cgroup(target.cgroup_procs)?;
     if let Some(cg) = &target.cgroup_ns {
         nix::sched::setns(cg, CloneFlags::CLONE_NEWCGROUP)
@@ -160,9 +174,44 @@ pub fn exec(target: ExecTarget, stdio: Stdio) -> Result<Infallible, SetupError> 
         // From the container's /dev/ptmx, so the terminal has a name inside it.
         open_terminal(console)?;
     }
+    // Raising a hard limit takes the host's CAP_SYS_RESOURCE: before the user namespace.
     security::set_rlimits(&process)?;
+    if let Some((userns, _)) = &pod_userns {
+        userns::enter(userns)?;
+    }
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     security::finish_and_exec(&process, target.args, seccomp.as_ref())
+}
+
+/// A container of a user-namespaced pod (the spec has a user namespace and its ranges): the
+/// pod's user namespace, which owns the network namespace this process is in, and its ranges.
+fn pod_user_namespace(spec: &Spec) -> Result<Option<(OwnedFd, PodMappings)>, SetupError> {
+    let Some(linux) = spec.linux() else {
+        return Ok(None);
+    };
+    let has_userns = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::User);
+    if !has_userns {
+        return Ok(None);
+    }
+    let range =
+        |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>, what: &str| match maps.as_deref() {
+            Some([m]) if m.container_id() == 0 => Ok(IdRange {
+                host: m.host_id(),
+                length: m.size(),
+            }),
+            _ => Err(SetupError::from(format!(
+                "config.json: the user namespace needs one {what} range from container id 0"
+            ))),
+        };
+    let maps = PodMappings {
+        uids: range(linux.uid_mappings(), "uid")?,
+        gids: range(linux.gid_mappings(), "gid")?,
+    };
+    Ok(Some((userns::pod_user_namespace()?, maps)))
 }
 
 fn load_spec(bundle: &Path) -> Result<Spec, SetupError> {

@@ -1,6 +1,7 @@
 //! A container's root filesystem, built in its own mount namespace: the overlay over the image's
 //! layers, the spec's mounts in order, device nodes, masked and read-only paths, pivot_root.
 
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
@@ -10,6 +11,7 @@ use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
 
 use super::SetupError;
 use super::path::secure_join;
+use super::userns::{self, PodMappings};
 
 fn err(what: impl std::fmt::Display) -> impl FnOnce(nix::errno::Errno) -> SetupError {
     SetupError::at(what)
@@ -23,9 +25,22 @@ pub struct Overlay<'a> {
     pub options: &'a str,
 }
 
+/// A container of a user-namespaced pod: its layers and idmapped volumes are shown through
+/// the pod's user namespace, and what the spec says in container ids (device owners, the
+/// tty group, tmpfs owners) is written as the host ids they are.
+pub struct UserNamespace<'a> {
+    pub userns: &'a OwnedFd,
+    pub maps: PodMappings,
+}
+
 /// Builds the root under `rootfs` and pivots into it. Runs in the container's new mount
 /// namespace; nothing done here is visible on the host.
-pub fn prepare(spec: &Spec, rootfs: &Path, overlay: &Overlay) -> Result<(), SetupError> {
+pub fn prepare(
+    spec: &Spec,
+    rootfs: &Path,
+    overlay: &Overlay,
+    userns: Option<&UserNamespace>,
+) -> Result<(), SetupError> {
     // The host's mounts reach us; ours reach the host only through volumes that ask for it
     // (rshared), and those need the copies of the host's mounts to stay in their peer groups.
     let linux = spec.linux().clone().unwrap_or_default();
@@ -54,12 +69,16 @@ pub fn prepare(spec: &Spec, rootfs: &Path, overlay: &Overlay) -> Result<(), Setu
     .map_err(err(format!("making {} private", holder.display())))?;
     std::env::set_current_dir(overlay.layers_dir)
         .map_err(|e| format!("entering {}: {e}", overlay.layers_dir.display()))?;
+    let options = match userns {
+        Some(ns) => idmap_lower_layers(overlay, rootfs, ns)?,
+        None => overlay.options.to_string(),
+    };
     mount(
         Some("overlay"),
         rootfs,
         Some("overlay"),
         MsFlags::empty(),
-        Some(overlay.options),
+        Some(options.as_str()),
     )
     .map_err(err(format!(
         "mounting the overlay rootfs at {}",
@@ -67,10 +86,10 @@ pub fn prepare(spec: &Spec, rootfs: &Path, overlay: &Overlay) -> Result<(), Setu
     )))?;
 
     for m in spec.mounts().iter().flatten() {
-        mount_one(rootfs, m)?;
+        mount_one(rootfs, m, userns)?;
     }
     for device in linux.devices().iter().flatten() {
-        create_device(rootfs, device)?;
+        create_device(rootfs, device, userns.map(|ns| ns.maps))?;
     }
     dev_symlinks(rootfs);
     if let Some(cwd) = spec.process().as_ref().map(|p| p.cwd().clone()) {
@@ -101,6 +120,56 @@ pub fn prepare(spec: &Spec, rootfs: &Path, overlay: &Overlay) -> Result<(), Setu
         .map_err(err("making the rootfs read-only"))?;
     }
     Ok(())
+}
+
+/// Attaches an idmapped copy of each lower layer under `<bundle>/idmapped/<n>` (the bundle's
+/// mount is private here, so nothing reaches the host) and returns the overlay options with
+/// those as lower dirs, relative to it: the cwd from here on. The upper dir's root becomes the
+/// pod root's, so the container's / is its own; files it creates land as its host ids.
+fn idmap_lower_layers(
+    overlay: &Overlay,
+    rootfs: &Path,
+    ns: &UserNamespace,
+) -> Result<String, SetupError> {
+    let staging = rootfs.parent().unwrap_or(rootfs).join("idmapped");
+    let mut lower = Vec::new();
+    let mut rest = Vec::new();
+    for option in overlay.options.split(',') {
+        match option.strip_prefix("lowerdir=") {
+            Some(dirs) => lower.extend(dirs.split(':')),
+            None => rest.push(option),
+        }
+    }
+    for (n, dir) in lower.iter().enumerate() {
+        let source = overlay.layers_dir.join(dir);
+        let target = staging.join(n.to_string());
+        std::fs::create_dir_all(&target)
+            .map_err(|e| format!("creating {}: {e}", target.display()))?;
+        let tree = userns::idmapped_tree(&source, ns.userns, false).map_err(|errno| {
+            SetupError::os(
+                userns::idmap_refusal("the image layer", &source, errno),
+                errno,
+            )
+        })?;
+        userns::attach_tree(&tree, &target).map_err(err(format!(
+            "attaching the idmapped layer at {}",
+            target.display()
+        )))?;
+    }
+    if let Some(upper) = rest.iter().find_map(|o| o.strip_prefix("upperdir=")) {
+        nix::unistd::chown(
+            upper,
+            Some(nix::unistd::Uid::from_raw(ns.maps.uids.host)),
+            Some(nix::unistd::Gid::from_raw(ns.maps.gids.host)),
+        )
+        .map_err(err(format!("giving {upper} to the pod's root")))?;
+    }
+    std::env::set_current_dir(&staging)
+        .map_err(|e| format!("entering {}: {e}", staging.display()))?;
+    let numbers: Vec<String> = (0..lower.len()).map(|n| n.to_string()).collect();
+    let mut options = vec![format!("lowerdir={}", numbers.join(":"))];
+    options.extend(rest.iter().map(|o| o.to_string()));
+    Ok(options.join(","))
 }
 
 /// The mount point of the mount that holds `path` (the longest mount point above it).
@@ -147,10 +216,16 @@ pub fn parse_options(options: &[String]) -> (MsFlags, MsFlags, String) {
     (flags, propagation, data.join(","))
 }
 
-fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), SetupError> {
+fn mount_one(rootfs: &Path, m: &Mount, userns: Option<&UserNamespace>) -> Result<(), SetupError> {
     let options = m.options().clone().unwrap_or_default();
     let (flags, propagation, data) = parse_options(&options);
     let typ = m.typ().clone().unwrap_or_default();
+    let data = match userns {
+        Some(ns) => owners_as_host_ids(&typ, &data, ns.maps),
+        None => data,
+    };
+    // An idmapped volume: the pod's user namespace sees its files as the host's root does.
+    let idmap = userns.filter(|_| m.uid_mappings().is_some());
     let target = secure_join(rootfs, m.destination())?;
     let is_bind = flags.contains(MsFlags::MS_BIND) || typ == "bind";
     let source = m.source().clone().unwrap_or_else(|| PathBuf::from(&typ));
@@ -179,7 +254,17 @@ fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), SetupError> {
     }
     if is_bind {
         let base = MsFlags::MS_BIND | (flags & MsFlags::MS_REC);
-        mount(Some(&source), &target, None::<&str>, base, None::<&str>).map_err(err(&what))?;
+        match idmap {
+            Some(ns) => {
+                let recursive = flags.contains(MsFlags::MS_REC);
+                let tree = userns::idmapped_tree(&source, ns.userns, recursive).map_err(|e| {
+                    SetupError::os(userns::idmap_refusal("the volume", &source, e), e)
+                })?;
+                userns::attach_tree(&tree, &target).map_err(err(&what))?;
+            }
+            None => mount(Some(&source), &target, None::<&str>, base, None::<&str>)
+                .map_err(err(&what))?,
+        }
         // Bind mounts take their other flags only on a remount.
         let extra = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
         if !extra.is_empty() {
@@ -210,6 +295,46 @@ fn mount_one(rootfs: &Path, m: &Mount) -> Result<(), SetupError> {
         recursive_read_only(&target).map_err(err(format!("{what} (recursive read-only)")))?;
     }
     Ok(())
+}
+
+/// In a user-namespaced container, the owners that mount options give in container ids
+/// (devpts' `gid=5`, the tty group) become the host ids they are, and a tmpfs with no owner
+/// given belongs to the pod's root rather than to the host's.
+fn owners_as_host_ids(typ: &str, data: &str, maps: PodMappings) -> String {
+    if !matches!(typ, "tmpfs" | "devpts") {
+        return data.to_string();
+    }
+    let mut options: Vec<String> = Vec::new();
+    let (mut uid, mut gid) = (false, false);
+    for option in data.split(',').filter(|o| !o.is_empty()) {
+        let translated = match option.split_once('=') {
+            Some(("uid", id)) => {
+                uid = true;
+                id.parse()
+                    .ok()
+                    .and_then(|id| maps.uids.to_host(id))
+                    .map(|h| format!("uid={h}"))
+            }
+            Some(("gid", id)) => {
+                gid = true;
+                id.parse()
+                    .ok()
+                    .and_then(|id| maps.gids.to_host(id))
+                    .map(|h| format!("gid={h}"))
+            }
+            _ => None,
+        };
+        options.push(translated.unwrap_or_else(|| option.to_string()));
+    }
+    if typ == "tmpfs" {
+        if !uid {
+            options.push(format!("uid={}", maps.uids.host));
+        }
+        if !gid {
+            options.push(format!("gid={}", maps.gids.host));
+        }
+    }
+    options.join(",")
 }
 
 /// Makes the mount at `target` and every mount below it read-only (mount_setattr(2) with
@@ -333,7 +458,11 @@ fn mount_cgroups(target: &Path, flags: MsFlags) -> Result<(), SetupError> {
     Ok(())
 }
 
-fn create_device(rootfs: &Path, device: &LinuxDevice) -> Result<(), SetupError> {
+fn create_device(
+    rootfs: &Path,
+    device: &LinuxDevice,
+    maps: Option<PodMappings>,
+) -> Result<(), SetupError> {
     let target = secure_join(rootfs, device.path())?;
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent)
@@ -356,10 +485,18 @@ fn create_device(rootfs: &Path, device: &LinuxDevice) -> Result<(), SetupError> 
         nix::sys::stat::FchmodatFlags::FollowSymlink,
     )
     .map_err(err(format!("chmod {}", device.path().display())))?;
+    let (uid, gid) = (device.uid().unwrap_or(0), device.gid().unwrap_or(0));
+    let (uid, gid) = match maps {
+        Some(m) => (
+            m.uids.to_host(uid).unwrap_or(m.uids.host),
+            m.gids.to_host(gid).unwrap_or(m.gids.host),
+        ),
+        None => (uid, gid),
+    };
     nix::unistd::chown(
         &target,
-        Some(nix::unistd::Uid::from_raw(device.uid().unwrap_or(0))),
-        Some(nix::unistd::Gid::from_raw(device.gid().unwrap_or(0))),
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
     )
     .map_err(err(format!("chown {}", device.path().display())))
 }

@@ -10,6 +10,7 @@ pub mod port_forward;
 pub mod record;
 pub mod resize;
 pub mod sysctl;
+pub mod userns;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -251,6 +252,7 @@ impl Sandboxes {
             // The UTS namespace follows the network one, as in Kubernetes.
             uts: !record.host_network(),
             pid: record.pod_pid(),
+            user: record.user_namespace().is_some(),
         };
         let hostname = if own.uts {
             files::hostname(&record.config)
@@ -314,6 +316,14 @@ impl Sandboxes {
         }
         if own.pid {
             args.push("--pid-init".to_string());
+        }
+        if let Some(maps) = record.user_namespace() {
+            args.extend([
+                "--uid-map".to_string(),
+                maps.uids.to_arg(),
+                "--gid-map".to_string(),
+                maps.gids.to_arg(),
+            ]);
         }
         if let Some(linux) = &record.config.linux {
             let mut sysctls: Vec<_> = linux.sysctls.iter().collect();

@@ -14,14 +14,17 @@ pub struct OwnNamespaces {
     pub ipc: bool,
     pub uts: bool,
     pub pid: bool,
+    /// A user namespace of the pod's own: the agent makes it and the network, IPC and UTS
+    /// namespaces it owns itself (they must be made inside it), so they are not unshared here.
+    pub user: bool,
 }
 
 impl OwnNamespaces {
     fn clone_flags(self) -> CloneFlags {
         let mut flags = CloneFlags::empty();
-        flags.set(CloneFlags::CLONE_NEWNET, self.net);
-        flags.set(CloneFlags::CLONE_NEWIPC, self.ipc);
-        flags.set(CloneFlags::CLONE_NEWUTS, self.uts);
+        flags.set(CloneFlags::CLONE_NEWNET, self.net && !self.user);
+        flags.set(CloneFlags::CLONE_NEWIPC, self.ipc && !self.user);
+        flags.set(CloneFlags::CLONE_NEWUTS, self.uts && !self.user);
         flags.set(CloneFlags::CLONE_NEWPID, self.pid);
         flags
     }

@@ -114,6 +114,14 @@ impl SandboxRecord {
     pub fn host_ipc(&self) -> bool {
         self.namespace_options().ipc == cri::NamespaceMode::Node as i32
     }
+
+    /// The ranges of the pod's own user namespace; None when it uses the host's (or the config
+    /// is one RunPodSandbox refused, which no record holds).
+    pub fn user_namespace(&self) -> Option<crate::linux::userns::PodMappings> {
+        super::userns::pod_mappings("", self.namespace_options().userns_options.as_ref())
+            .ok()
+            .flatten()
+    }
 }
 
 impl AgentProcess {

@@ -232,7 +232,11 @@ fn linux_config(linux: &cri::LinuxPodSandboxConfig, probe: &SandboxRecord) -> Re
     if let Some(security) = &linux.security_context
         && let Some(options) = &security.namespace_options
     {
-        namespace_options("config.linux.security_context.namespace_options", options)?;
+        let field = "config.linux.security_context.namespace_options";
+        namespace_options(field, options)?;
+        if super::userns::pod_mappings(field, options.userns_options.as_ref())?.is_some() {
+            super::userns::check_shape(field, options)?;
+        }
     }
     let mut names: Vec<&String> = linux.sysctls.keys().collect();
     names.sort();

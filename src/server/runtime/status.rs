@@ -71,7 +71,7 @@ pub fn status(ctx: &Context, verbose: bool) -> Result<cri::StatusResponse> {
             name: String::new(),
             features: Some(cri::RuntimeHandlerFeatures {
                 recursive_read_only_mounts: crate::linux::rootfs::supports_recursive_read_only(),
-                user_namespaces: false,
+                user_namespaces: crate::linux::userns::kernel_supports(),
             }),
         }],
         features: Some(cri::RuntimeFeatures {
