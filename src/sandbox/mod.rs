@@ -185,6 +185,7 @@ impl Sandboxes {
     ) -> Result<String> {
         let began = Instant::now();
         validate::pod_config(&config, &runtime_handler)?;
+        userns::host_supports(&config)?;
         let validated = began.elapsed();
         let meta = config.metadata.clone().unwrap_or_default();
         let mut record = {
