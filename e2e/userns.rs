@@ -210,6 +210,22 @@ async fn a_user_namespaced_pod_is_root_only_over_what_it_owns() {
     let (out, _) = sh(&daemon, &unmasked, "grep -c ' /proc/' /proc/mounts").await;
     assert_eq!(out.trim(), "0", "no masked or read-only /proc path");
 
+    // A terminal belongs to the process's user (its group stays tty).
+    let mut config = userns_container(
+        "tty",
+        &[
+            "sh",
+            "-c",
+            "stat -c 'tty %u %g' $(readlink /proc/self/fd/0); exec sleep 1000",
+        ],
+        &pod,
+        false,
+    );
+    config.tty = true;
+    security(&mut config).run_as_user = Some(cri::Int64Value { value: 1000 });
+    run(&daemon, &pod, config).await;
+    crate::containers::wait_for_log(&pod.logs.join("tty.log"), "tty 1000 5").await;
+
     // Port-forward and stats work in the pod's namespaces.
     let url = crate::streaming::port_forward_url(&daemon, &pod.id, &[8080])
         .await

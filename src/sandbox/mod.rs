@@ -451,7 +451,11 @@ impl Sandboxes {
         if own.ipc {
             pod::pin_namespace(pid, "ipc", &dir.join("ns/ipc"))
                 .map_err(io_error("pinning the IPC namespace"))?;
-            pod::mount_shm(&dir.join("shm"), SHM_SIZE).map_err(io_error("mounting /dev/shm"))?;
+            let owner = record
+                .user_namespace()
+                .map(|maps| (maps.uids.host, maps.gids.host));
+            pod::mount_shm(&dir.join("shm"), SHM_SIZE, owner)
+                .map_err(io_error("mounting /dev/shm"))?;
         }
         if own.uts {
             pod::pin_namespace(pid, "uts", &dir.join("ns/uts"))
