@@ -69,12 +69,11 @@ fn userns_container(
     config
 }
 
+/// A writable volume.
 fn volume(host: &std::path::Path, path: &str) -> cri::Mount {
     cri::Mount {
-        container_path: path.into(),
-        host_path: host.display().to_string(),
-        propagation: cri::MountPropagation::PropagationPrivate as i32,
-        ..Default::default()
+        readonly: false,
+        ..crate::mounts::volume(host, path, false)
     }
 }
 
@@ -83,14 +82,7 @@ async fn a_user_namespaced_pod_is_root_only_over_what_it_owns() {
     let daemon = Daemon::start("").await;
     daemon.dir.write_bridge_cni_config();
     pull(&daemon, &busybox()).await.unwrap();
-    let status_reply = daemon
-        .runtime()
-        .await
-        .unwrap()
-        .status(cri::StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner();
+    let status_reply = crate::runtime_info::status(&daemon, false).await;
     assert!(
         status_reply.runtime_handlers[0]
             .features
@@ -241,18 +233,7 @@ async fn a_user_namespaced_pod_is_root_only_over_what_it_owns() {
         .unwrap();
     assert!(String::from_utf8_lossy(&got.data).ends_with("userns-host\n"));
     forward.close().await.unwrap();
-    let stats = daemon
-        .runtime()
-        .await
-        .unwrap()
-        .container_stats(cri::ContainerStatsRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stats
-        .unwrap();
+    let stats = crate::stats::container_stats(&daemon, &id).await;
     assert!(stats.memory.unwrap().working_set_bytes.unwrap().value > 0);
     remove_all(&daemon, &pod).await;
 }
