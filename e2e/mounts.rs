@@ -34,7 +34,7 @@ impl Drop for DirWithSubmount {
     }
 }
 
-fn volume(host: &std::path::Path, path: &str, rro: bool) -> cri::Mount {
+pub(crate) fn volume(host: &std::path::Path, path: &str, rro: bool) -> cri::Mount {
     cri::Mount {
         container_path: path.into(),
         host_path: host.display().to_string(),
@@ -50,14 +50,7 @@ async fn recursive_read_only_mounts_reach_every_submount() {
     let daemon = Daemon::start("").await;
     daemon.dir.write_bridge_cni_config();
     pull(&daemon, &busybox()).await.unwrap();
-    let status = daemon
-        .runtime()
-        .await
-        .unwrap()
-        .status(cri::StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner();
+    let status = crate::runtime_info::status(&daemon, false).await;
     let features = status.runtime_handlers[0].features.unwrap();
     assert!(features.recursive_read_only_mounts, "advertised");
     assert!(

@@ -19,7 +19,7 @@ fn condition(status: &cri::StatusResponse, kind: &str) -> cri::RuntimeCondition 
         .clone()
 }
 
-async fn status(daemon: &Daemon, verbose: bool) -> cri::StatusResponse {
+pub(crate) async fn status(daemon: &Daemon, verbose: bool) -> cri::StatusResponse {
     daemon
         .runtime()
         .await

@@ -42,7 +42,7 @@ fn assert_psi(
     }
 }
 
-async fn container_stats(daemon: &Daemon, id: &str) -> cri::ContainerStats {
+pub(crate) async fn container_stats(daemon: &Daemon, id: &str) -> cri::ContainerStats {
     daemon
         .runtime()
         .await

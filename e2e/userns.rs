@@ -69,12 +69,11 @@ fn userns_container(
     config
 }
 
+/// A writable volume.
 fn volume(host: &std::path::Path, path: &str) -> cri::Mount {
     cri::Mount {
-        container_path: path.into(),
-        host_path: host.display().to_string(),
-        propagation: cri::MountPropagation::PropagationPrivate as i32,
-        ..Default::default()
+        readonly: false,
+        ..crate::mounts::volume(host, path, false)
     }
 }
 
@@ -83,14 +82,7 @@ async fn a_user_namespaced_pod_is_root_only_over_what_it_owns() {
     let daemon = Daemon::start("").await;
     daemon.dir.write_bridge_cni_config();
     pull(&daemon, &busybox()).await.unwrap();
-    let status_reply = daemon
-        .runtime()
-        .await
-        .unwrap()
-        .status(cri::StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner();
+    let status_reply = crate::runtime_info::status(&daemon, false).await;
     assert!(
         status_reply.runtime_handlers[0]
             .features
@@ -210,6 +202,22 @@ async fn a_user_namespaced_pod_is_root_only_over_what_it_owns() {
     let (out, _) = sh(&daemon, &unmasked, "grep -c ' /proc/' /proc/mounts").await;
     assert_eq!(out.trim(), "0", "no masked or read-only /proc path");
 
+    // A terminal belongs to the process's user (its group stays tty).
+    let mut config = userns_container(
+        "tty",
+        &[
+            "sh",
+            "-c",
+            "stat -c 'tty %u %g' $(readlink /proc/self/fd/0); exec sleep 1000",
+        ],
+        &pod,
+        false,
+    );
+    config.tty = true;
+    security(&mut config).run_as_user = Some(cri::Int64Value { value: 1000 });
+    run(&daemon, &pod, config).await;
+    crate::containers::wait_for_log(&pod.logs.join("tty.log"), "tty 1000 5").await;
+
     // Port-forward and stats work in the pod's namespaces.
     let url = crate::streaming::port_forward_url(&daemon, &pod.id, &[8080])
         .await
@@ -225,18 +233,7 @@ async fn a_user_namespaced_pod_is_root_only_over_what_it_owns() {
         .unwrap();
     assert!(String::from_utf8_lossy(&got.data).ends_with("userns-host\n"));
     forward.close().await.unwrap();
-    let stats = daemon
-        .runtime()
-        .await
-        .unwrap()
-        .container_stats(cri::ContainerStatsRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stats
-        .unwrap();
+    let stats = crate::stats::container_stats(&daemon, &id).await;
     assert!(stats.memory.unwrap().working_set_bytes.unwrap().value > 0);
     remove_all(&daemon, &pod).await;
 }

@@ -81,13 +81,17 @@ pub struct ProcessUser {
 }
 
 impl ProcessUser {
-    /// The user the spec gives the container's first process.
+    /// The user the spec gives the container's first process; its groups in the order the
+    /// kernel keeps them (setgroups sorts them), as `of_process` reads them back.
     pub fn of_spec(spec: &oci_spec::runtime::Spec) -> Option<ProcessUser> {
         let user = spec.process().as_ref()?.user();
+        let mut groups = user.additional_gids().clone().unwrap_or_default();
+        groups.sort_unstable();
+        groups.dedup();
         Some(ProcessUser {
             uid: user.uid(),
             gid: user.gid(),
-            groups: user.additional_gids().clone().unwrap_or_default(),
+            groups,
         })
     }
 

@@ -83,7 +83,7 @@ pub fn container(
         user_namespace.as_ref(),
     )?;
     if let Some(console) = console {
-        open_terminal(console)?;
+        open_terminal(console, terminal_owner(&process, pod_userns.as_ref()))?;
     }
     if let Some((userns, _)) = &pod_userns {
         userns::enter(userns)?;
@@ -93,9 +93,23 @@ pub fn container(
     security::finish_and_exec(&process, &args, seccomp.as_ref())
 }
 
+/// The host uid the process's terminal belongs to: the process's user (through the pod's
+/// mapping in a user-namespaced pod), as a login terminal belongs to its user.
+fn terminal_owner(
+    process: &oci_spec::runtime::Process,
+    pod_userns: Option<&(OwnedFd, PodMappings)>,
+) -> Option<u32> {
+    let uid = process.user().uid();
+    match pod_userns {
+        Some((_, maps)) => maps.uids.to_host(uid),
+        None => Some(uid),
+    }
+}
+
 /// A new terminal from the container's /dev/ptmx: its master goes to the agent, its slave
-/// becomes stdin, stdout, stderr and the controlling terminal.
-fn open_terminal(console: ConsoleSocket) -> Result<(), SetupError> {
+/// becomes stdin, stdout, stderr and the controlling terminal, owned by `owner` (its group
+/// stays devpts' tty group).
+fn open_terminal(console: ConsoleSocket, owner: Option<u32>) -> Result<(), SetupError> {
     use nix::fcntl::OFlag;
     let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(|e| format!("opening /dev/ptmx: {e}"))?;
@@ -108,6 +122,10 @@ fn open_terminal(console: ConsoleSocket) -> Result<(), SetupError> {
         .open(&name)
         .map_err(|e| format!("opening {name}: {e}"))?
         .into();
+    if let Some(uid) = owner {
+        nix::unistd::fchown(&slave, Some(nix::unistd::Uid::from_raw(uid)), None)
+            .map_err(|e| format!("giving {name} to uid {uid}: {e}"))?;
+    }
     let fds = [master.as_raw_fd()];
     let message = [std::io::IoSlice::new(b"t")];
     nix::sys::socket::sendmsg::<()>(
@@ -172,7 +190,7 @@ pub fn exec(target: ExecTarget, stdio: Stdio) -> Result<Infallible, SetupError> 
         .map_err(|e| format!("joining the mount namespace: {e}"))?;
     if let Some(console) = target.console {
         // From the container's /dev/ptmx, so the terminal has a name inside it.
-        open_terminal(console)?;
+        open_terminal(console, terminal_owner(&process, pod_userns.as_ref()))?;
     }
     // Raising a hard limit takes the host's CAP_SYS_RESOURCE: before the user namespace.
     security::set_rlimits(&process)?;

@@ -185,6 +185,7 @@ impl Sandboxes {
     ) -> Result<String> {
         let began = Instant::now();
         validate::pod_config(&config, &runtime_handler)?;
+        userns::host_supports(&config)?;
         let validated = began.elapsed();
         let meta = config.metadata.clone().unwrap_or_default();
         let mut record = {
@@ -455,7 +456,11 @@ impl Sandboxes {
         if own.ipc {
             pod::pin_namespace(pid, "ipc", &dir.join("ns/ipc"))
                 .map_err(io_error("pinning the IPC namespace"))?;
-            pod::mount_shm(&dir.join("shm"), SHM_SIZE).map_err(io_error("mounting /dev/shm"))?;
+            let owner = record
+                .user_namespace()
+                .map(|maps| (maps.uids.host, maps.gids.host));
+            pod::mount_shm(&dir.join("shm"), SHM_SIZE, owner)
+                .map_err(io_error("mounting /dev/shm"))?;
         }
         if own.uts {
             pod::pin_namespace(pid, "uts", &dir.join("ns/uts"))

@@ -79,15 +79,20 @@ pub fn pin_namespace(pid: i32, kind: &str, target: &Path) -> std::io::Result<()>
     })
 }
 
-/// The pod's /dev/shm: a tmpfs shared by its containers.
-pub fn mount_shm(target: &Path, size_bytes: u64) -> std::io::Result<()> {
+/// The pod's /dev/shm: a tmpfs shared by its containers; in a user-namespaced pod, owned by
+/// the pod's root (`owner`: its host uid and gid).
+pub fn mount_shm(target: &Path, size_bytes: u64, owner: Option<(u32, u32)>) -> std::io::Result<()> {
     std::fs::create_dir_all(target)?;
+    let mut options = format!("mode=1777,size={size_bytes}");
+    if let Some((uid, gid)) = owner {
+        options.push_str(&format!(",uid={uid},gid={gid}"));
+    }
     mount(
         Some("shm"),
         target,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some(format!("mode=1777,size={size_bytes}").as_str()),
+        Some(options.as_str()),
     )
     .map_err(|e| std::io::Error::other(format!("mounting shm at {}: {e}", target.display())))
 }

@@ -85,6 +85,26 @@ fn one_range(field: &str, mappings: &[cri::IdMapping]) -> Result<IdRange> {
     Ok(range)
 }
 
+/// FAILED_PRECONDITION for a pod asking for its own user namespace on a host that cannot give
+/// one (user namespaces disabled, or no idmapped mounts: Linux before 5.12).
+pub fn host_supports(config: &cri::PodSandboxConfig) -> Result<()> {
+    let asked = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .and_then(|n| n.userns_options.as_ref())
+        .is_some_and(|u| u.mode == cri::NamespaceMode::Pod as i32);
+    if asked && !crate::linux::userns::kernel_supports() {
+        return Err(Error::FailedPrecondition(
+            "this host cannot give pods user namespaces: /proc/sys/user/max_user_namespaces \
+             is 0, or the kernel lacks idmapped mounts (mount_setattr, Linux 5.12)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A user namespace of the pod's own goes with its own network, IPC and PID-or-container
 /// namespaces: the host's are not the pod's to share (kubelet refuses the same).
 pub fn check_shape(field: &str, options: &cri::NamespaceOption) -> Result<()> {
