@@ -19,8 +19,8 @@ async fn a_container_cannot_reach_or_write_the_agent_binary() {
     let before = std::fs::read(AGENT).unwrap();
     let host = std::fs::metadata(AGENT).unwrap();
 
-    // A pod-level PID namespace: its PID 1 is forked by the agent, so it runs the agent's
-    // binary, and a container with CAP_SYS_PTRACE may open /proc/1/exe.
+    // A pod-level PID namespace: its PID 1 is the agent, so it runs the agent's binary, and a
+    // container with CAP_SYS_PTRACE may open /proc/1/exe.
     let pod = start_pod(&daemon, "exe", |config| {
         crate::sandbox::namespace_options(config).pid = cri::NamespaceMode::Pod as i32;
     })

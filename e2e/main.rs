@@ -21,6 +21,7 @@ mod kubelet_shapes;
 mod lifecycle;
 mod list_streams;
 mod mounts;
+mod pid_namespace;
 mod pod_resize;
 mod runtime_info;
 mod sandbox;

@@ -60,6 +60,11 @@ TESTS=(
     containers::containers_survive_a_daemon_crash_and_die_with_their_agent
     lifecycle::exits_while_the_daemon_is_down_are_replayed
     lifecycle::a_start_the_daemon_did_not_live_to_record_is_found_after_restart
+    # A pod-level PID namespace: the agent is its PID 1 and the pod's one process, placed in
+    # the pod's cgroup or scope, found again after a restart, orphaned to systemd when it ends.
+    pid_namespace::pod_pid_namespace_has_the_agent_as_pid_1_and_only_runtime_process
+    pid_namespace::pod_pid_agent_ends_the_pod_on_sigterm_from_the_host
+    pid_namespace::pod_pid_pods_recorded_before_the_agent_was_pid_1_or_half_recorded_still_stop
     # Device rules (v2: the eBPF device program), v2 limits inside (cpu.max, memory.max,
     # pids.max enforced), the systemd driver's scopes and slices, gone with their pods.
     cgroups::devices_outside_the_rules_cannot_be_opened_and_granted_ones_can

@@ -1,8 +1,10 @@
 //! Pod benchmark: RunPodSandbox (CNI bridge), CreateContainer+StartContainer of one container
 //! per pod, and StopPodSandbox+RemovePodSandbox latency, and the memory of the runtime and of
-//! each pod's runtime processes with 10 and 100 pods running — crius next to containerd 1.6 + runc
-//! (its own root and socket, the same CNI plugins, a pause image from the local registry), in
-//! the same run. Prints medians, p90s and RSS; asserts nothing.
+//! each pod's runtime processes (how many, their RSS and PSS) with 10 and 100 pods running —
+//! crius next to containerd 1.6 + runc (its own root and socket, the same CNI plugins, a pause
+//! image from the local registry), in the same run, in both pod shapes: kubelet's default (a
+//! PID namespace per container) and a pod-level PID namespace (shareProcessNamespace, as crictl
+//! asks). Prints medians, p90s and memory; asserts nothing.
 //!
 //! Run with `bash hack/bench.sh`.
 
@@ -25,18 +27,70 @@ use peer::{median, ms, p90, pids_of, pss_kib, rss_kib, timed_pull};
 
 const TIMED_PODS: usize = 20;
 
+/// The pod shapes measured.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// kubelet's default: each container its own PID namespace.
+    PidPerContainer,
+    /// One PID namespace for the pod (shareProcessNamespace; crictl's default).
+    PodPid,
+}
+
+impl Shape {
+    const ALL: [Shape; 2] = [Shape::PidPerContainer, Shape::PodPid];
+
+    fn name(self) -> &'static str {
+        match self {
+            Shape::PidPerContainer => "PID namespace per container",
+            Shape::PodPid => "pod PID namespace",
+        }
+    }
+
+    fn mode(self) -> i32 {
+        match self {
+            Shape::PidPerContainer => cri::NamespaceMode::Container as i32,
+            Shape::PodPid => cri::NamespaceMode::Pod as i32,
+        }
+    }
+}
+
 /// A pod as kubelet asks for one; its workload a sleep that is not the pause process
 /// (containerd's pause runs the same image).
-fn config(n: usize, dir: &TestDir) -> cri::PodSandboxConfig {
-    churn_driver::pod_config(n, &churn_driver::Place::of(dir))
+fn config(n: usize, dir: &TestDir, shape: Shape) -> cri::PodSandboxConfig {
+    let mut config = churn_driver::pod_config(n, &churn_driver::Place::of(dir));
+    if let Some(options) = config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+    {
+        options.pid = shape.mode();
+    }
+    config
+}
+
+/// The pod's container, in the pod's PID namespace or its own, as kubelet asks.
+fn container(image: &str, shape: Shape) -> cri::ContainerConfig {
+    let mut config = churn_driver::container_config(image);
+    config.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: shape.mode(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    config
 }
 
 struct Measured {
     run: Vec<Duration>,
     create_start: Vec<Duration>,
     stop_remove: Vec<Duration>,
-    /// (pods, runtime RSS KiB, per-pod RSS KiB, per-pod PSS KiB)
-    rss: Vec<(usize, u64, u64, u64)>,
+    /// (pods, runtime RSS KiB, per-pod processes, per-pod RSS KiB, per-pod PSS KiB)
+    rss: Vec<(usize, u64, f64, u64, u64)>,
     /// ListContainerStats and ListPodSandboxStats with 100 pods running, as kubelet polls them.
     list_container_stats: Vec<Duration>,
     list_pod_stats: Vec<Duration>,
@@ -48,6 +102,7 @@ async fn scenario(
     socket: &Path,
     dir: &TestDir,
     image: &str,
+    shape: Shape,
     runtime_rss: impl Fn() -> u64,
     per_pod: impl Fn() -> Vec<u32>,
 ) -> Result<Measured, String> {
@@ -66,7 +121,7 @@ async fn scenario(
         let started = Instant::now();
         let id = rt
             .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config(n, dir)),
+                config: Some(config(n, dir, shape)),
                 runtime_handler: String::new(),
             })
             .await
@@ -80,8 +135,8 @@ async fn scenario(
         let container = rt
             .create_container(cri::CreateContainerRequest {
                 pod_sandbox_id: id.clone(),
-                config: Some(churn_driver::container_config(image)),
-                sandbox_config: Some(config(n, dir)),
+                config: Some(container(image, shape)),
+                sandbox_config: Some(config(n, dir, shape)),
             })
             .await
             .map_err(|e| format!("CreateContainer {n}: {}", e.message()))?
@@ -102,7 +157,9 @@ async fn scenario(
             let pids = per_pod();
             let rss: u64 = pids.iter().map(|p| rss_kib(*p)).sum();
             let pss: u64 = pids.iter().map(|p| pss_kib(*p)).sum();
-            m.rss.push((n + 1, runtime_rss(), rss / pods, pss / pods));
+            let count = pids.len() as f64 / pods as f64;
+            m.rss
+                .push((n + 1, runtime_rss(), count, rss / pods, pss / pods));
         }
         if n + 1 == 100 {
             for _ in 0..5 {
@@ -166,9 +223,9 @@ fn report(name: &str, m: &Measured) {
         or_na(&m.list_container_stats),
         or_na(&m.list_pod_stats)
     );
-    for (pods, runtime, rss, pss) in &m.rss {
+    for (pods, runtime, count, rss, pss) in &m.rss {
         println!(
-            "{name}: {pods} pods: runtime RSS {runtime} KiB; per pod: RSS {rss} KiB, PSS {pss} KiB"
+            "{name}: {pods} pods: runtime RSS {runtime} KiB; per pod: {count:.1} processes, RSS {rss} KiB, PSS {pss} KiB"
         );
     }
 }
@@ -177,33 +234,41 @@ fn report(name: &str, m: &Measured) {
 async fn main() {
     let (registry, meta) = peer::test_images();
     let pause = peer::image_ref(&meta, "pause");
+    for shape in Shape::ALL {
+        measure(shape, &registry, &pause).await;
+    }
+}
 
+/// Both runtimes, one after the other, in one pod shape.
+async fn measure(shape: Shape, registry: &str, pause: &str) {
     // crius
     let daemon = Daemon::start("").await;
     daemon.dir.write_bridge_cni_config();
-    timed_pull(&daemon.socket(), &pause).await;
+    timed_pull(&daemon.socket(), pause).await;
     let daemon_pid = daemon.pid().as_raw() as u32;
     let agents_of = daemon.dir.state().join("agents").display().to_string();
     let crius = scenario(
         &daemon.socket(),
         &daemon.dir,
-        &pause,
+        pause,
+        shape,
         || rss_kib(daemon_pid),
         || pids_of(&agents_of),
     )
     .await
     .expect("crius");
     drop(daemon);
-    report("crius", &crius);
+    report(&format!("crius [{}]", shape.name()), &crius);
 
     // containerd 1.6 + runc: same CNI plugins, its own bridge network.
-    let (mut containerd, net_dir) = peer::start_with_cni(&registry, &pause).await;
-    timed_pull(&containerd.socket(), &pause).await;
+    let (mut containerd, net_dir) = peer::start_with_cni(registry, pause).await;
+    timed_pull(&containerd.socket(), pause).await;
     let containerd_pid = containerd.pid().unwrap();
     let theirs = scenario(
         &containerd.socket(),
         &net_dir,
-        &pause,
+        pause,
+        shape,
         || rss_kib(containerd_pid),
         // Each pod: a containerd-shim-runc-v2 and its pause process.
         || {
@@ -217,14 +282,18 @@ async fn main() {
     let theirs = match theirs {
         Ok(m) => m,
         Err(e) => {
-            println!("containerd 1.6: could not run pods here: {e}");
+            println!(
+                "containerd 1.6 [{}]: could not run pods here: {e}",
+                shape.name()
+            );
             return;
         }
     };
-    report("containerd 1.6", &theirs);
+    report(&format!("containerd 1.6 [{}]", shape.name()), &theirs);
     let ratio = |a: Duration, b: Duration| b.as_secs_f64() / a.as_secs_f64();
     println!(
-        "containerd/crius: RunPodSandbox {:.1}x, CreateContainer+StartContainer {:.1}x, Stop+Remove {:.1}x",
+        "containerd/crius [{}]: RunPodSandbox {:.1}x, CreateContainer+StartContainer {:.1}x, Stop+Remove {:.1}x",
+        shape.name(),
         ratio(median(crius.run.clone()), median(theirs.run.clone())),
         ratio(
             median(crius.create_start.clone()),

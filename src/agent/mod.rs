@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 mod attach;
 pub mod client;
 pub mod error;
+pub mod pid_one;
 pub mod process;
 pub mod spawn;
 pub mod trim;

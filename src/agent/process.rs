@@ -35,7 +35,8 @@ pub struct AgentArgs {
     pub loopback: bool,
     /// `name=value`, namespaced sysctls only (checked by the daemon).
     pub sysctls: Vec<(String, String)>,
-    /// The agent was started after unshare(CLONE_NEWPID): start the namespace's PID 1.
+    /// The agent was started after unshare(CLONE_NEWPID): it forks once and goes on as PID 1
+    /// of the pod's PID namespace (see `pid_one`).
     pub pid_init: bool,
     /// A user-namespaced pod: the agent makes the pod's user namespace with these ranges and
     /// the network, IPC and UTS namespaces it owns, and joins the latter.
@@ -52,7 +53,10 @@ const EXEC_DRAIN_GRACE: Duration = Duration::from_millis(200);
 
 /// A container this agent started.
 struct Container {
+    /// In the agent's PID namespace: what waitpid answers and kill takes.
     pid: Pid,
+    /// On the host's /proc, as the daemon sees it (the same unless the agent is PID 1).
+    host_pid: Pid,
     exit_file: PathBuf,
     oom_file: String,
     log: LogWriter,
@@ -81,7 +85,7 @@ impl Container {
     fn process(&self, id: &str) -> ContainerProcess {
         ContainerProcess {
             id: id.to_string(),
-            pid: self.pid.as_raw() as u32,
+            pid: self.host_pid.as_raw() as u32,
             started_at: self.started_at,
             exit: self.exit.map(|e| e.to_wire()),
             held: false,
@@ -120,22 +124,41 @@ struct ExecSession {
 
 struct Agent {
     listener: UnixListener,
-    sigchld: SignalFd,
-    pid_init: Option<Pid>,
+    /// SIGCHLD, and the signals that end the pod (SIGTERM, SIGINT).
+    signals: SignalFd,
+    /// Our pid as the daemon sees it.
+    host_pid: u32,
+    /// PID 1 of the pod's PID namespace: orphans of the pod come to us, and signals from
+    /// inside the pod are not the pod's end.
+    pid_one: bool,
     containers: HashMap<String, Container>,
     execs: Vec<ExecSession>,
     streams: Vec<StreamSession>,
     /// The daemon's Watch connections: every container start and exit is sent on each.
     watchers: Vec<Watcher>,
     /// Containers forked with `hold`, waiting for Release.
-    held: HashMap<String, (spawn::Forked, super::proto::StartContainer, LogWriter)>,
+    held: HashMap<String, Held>,
     /// Names the connections in the poll set (indices move as sessions come and go).
     next_token: u64,
+}
+
+/// A container forked with `hold`: the fork, its pid as the daemon sees it, what finishes it.
+struct Held {
+    forked: spawn::Forked,
+    host_pid: Pid,
+    start: super::proto::StartContainer,
+    log: LogWriter,
 }
 
 /// Runs the agent until it is told to shut down. Errors before serving are fatal: the daemon
 /// sees the agent exit and reports why from its log.
 pub fn run(args: AgentArgs) -> Result<(), String> {
+    // First of all, while nothing else is set up: become PID 1 of the pod's namespace.
+    let ready = if args.pid_init {
+        Some(super::pid_one::enter()?)
+    } else {
+        None
+    };
     // Containers will be our children; orphans of theirs come back to us to be reaped.
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag and no pointers.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
@@ -145,19 +168,16 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
             std::io::Error::last_os_error()
         ));
     }
-    // SIGCHLD arrives through a descriptor the poll loop watches; children unblock it again.
+    // SIGCHLD, SIGTERM and SIGINT arrive through a descriptor the poll loop watches (as PID 1
+    // the agent would otherwise never see the last two); children unblock them again.
     let mut mask = SigSet::empty();
-    mask.add(Signal::SIGCHLD);
+    for signal in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT] {
+        mask.add(signal);
+    }
     mask.thread_block()
-        .map_err(|e| format!("blocking SIGCHLD: {e}"))?;
-    let sigchld = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("blocking signals: {e}"))?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| format!("signalfd: {e}"))?;
-    // The first child of a new PID namespace is its init: it comes before any other fork.
-    let pid_init = if args.pid_init {
-        Some(spawn::pid_init().map_err(|e| e.to_string())?)
-    } else {
-        None
-    };
     if let Some(maps) = args.user_namespace {
         crate::linux::userns::enter_pod_namespaces(maps).map_err(|e| e.to_string())?;
     }
@@ -178,8 +198,9 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
         .map_err(|e| format!("listener: {e}"))?;
     let mut agent = Agent {
         listener,
-        sigchld,
-        pid_init,
+        signals,
+        host_pid: super::pid_one::own_host_pid(),
+        pid_one: super::pid_one::is_pid_one(),
         containers: HashMap::new(),
         execs: Vec::new(),
         streams: Vec::new(),
@@ -187,6 +208,9 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
         held: HashMap::new(),
         next_token: 0,
     };
+    if let Some(ready) = ready {
+        super::pid_one::ready(ready);
+    }
     // Start-up code will not run again: keep only what the loop uses resident.
     super::trim::drop_clean_file_pages();
     agent.serve_forever();
@@ -199,7 +223,7 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
 #[derive(Clone, Copy)]
 enum Source {
     Listener,
-    Sigchld,
+    Signals,
     ContainerOutput(usize, usize),
     ExecOutput(usize, usize),
     /// The connection of an ExecSync, ExecStream or attacher: watched for the client going.
@@ -212,10 +236,10 @@ impl Agent {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let ids: Vec<String> = self.containers.keys().cloned().collect();
-            let mut sources = vec![Source::Listener, Source::Sigchld];
+            let mut sources = vec![Source::Listener, Source::Signals];
             let mut fds = vec![
                 PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
-                PollFd::new(self.sigchld.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
             ];
             for (ci, id) in ids.iter().enumerate() {
                 for (oi, (fd, _)) in self.containers[id].outputs.iter().enumerate() {
@@ -319,7 +343,10 @@ impl Agent {
             }
             for (source, _) in &ready {
                 match source {
-                    Source::Sigchld => self.reap(&mut buf),
+                    Source::Signals => {
+                        shutdown |= self.read_signals();
+                        self.reap(&mut buf);
+                    }
                     Source::Listener => shutdown |= self.accept(),
                     _ => {}
                 }
@@ -424,9 +451,9 @@ impl Agent {
             },
             Some(request::Kind::Forget(f)) => {
                 self.containers.remove(&f.id);
-                if let Some((forked, _, _)) = self.held.remove(&f.id) {
+                if let Some(held) = self.held.remove(&f.id) {
                     // Never released: it has run nothing of the container's.
-                    let _ = nix::sys::signal::kill(forked.pid, Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(held.forked.pid, Signal::SIGKILL);
                 }
             }
             None => fail(
@@ -441,15 +468,12 @@ impl Agent {
 
     /// A Watch: the daemon gets every container as it is now, then every start and exit.
     fn add_watcher(&mut self, mut conn: UnixStream) {
-        let held = self
-            .held
-            .iter()
-            .map(|(id, (forked, _, _))| ContainerProcess {
-                id: id.clone(),
-                pid: forked.pid.as_raw() as u32,
-                held: true,
-                ..Default::default()
-            });
+        let held = self.held.iter().map(|(id, held)| ContainerProcess {
+            id: id.clone(),
+            pid: held.host_pid.as_raw() as u32,
+            held: true,
+            ..Default::default()
+        });
         let snapshot = WatchEvent {
             containers: self
                 .containers
@@ -484,9 +508,8 @@ impl Agent {
 
     fn identity(&self) -> Response {
         Response {
-            pid: std::process::id(),
+            pid: self.host_pid,
             version: env!("CARGO_PKG_VERSION").to_string(),
-            pid_init: self.pid_init.map_or(0, |p| p.as_raw() as u32),
             ..Default::default()
         }
     }
@@ -499,8 +522,8 @@ impl Agent {
         start: super::proto::StartContainer,
     ) -> Result<(Pid, i64), AgentError> {
         // A daemon that died before its Release asks again: the same held process.
-        if let Some((forked, _, _)) = self.held.get(&start.id).filter(|_| start.hold) {
-            return Ok((forked.pid, 0));
+        if let Some(held) = self.held.get(&start.id).filter(|_| start.hold) {
+            return Ok((held.host_pid, 0));
         }
         if self.containers.contains_key(&start.id) || self.held.contains_key(&start.id) {
             return Err(AgentError::AlreadyStarted(start.id));
@@ -514,19 +537,33 @@ impl Agent {
         };
         let forked = spawn::fork_container(&start)?;
         if start.hold {
-            let pid = forked.pid;
-            self.held.insert(start.id.clone(), (forked, start, log));
-            return Ok((pid, 0));
+            let host_pid = match super::pid_one::host_pid(forked.pid) {
+                Ok(pid) => pid,
+                Err(e) => {
+                    let _ = nix::sys::signal::kill(forked.pid, Signal::SIGKILL);
+                    return Err(e);
+                }
+            };
+            self.held.insert(
+                start.id.clone(),
+                Held {
+                    forked,
+                    host_pid,
+                    start,
+                    log,
+                },
+            );
+            return Ok((host_pid, 0));
         }
         self.finish_start(spawn::finish(forked)?, start, log)
     }
 
     /// Release: a held container goes on to exec.
     fn release(&mut self, id: &str) -> Result<(Pid, i64), AgentError> {
-        let Some((forked, start, log)) = self.held.remove(id) else {
+        let Some(held) = self.held.remove(id) else {
             return Err(AgentError::NotHeld(id.to_string()));
         };
-        self.finish_start(spawn::finish(forked)?, start, log)
+        self.finish_start(spawn::finish(held.forked)?, held.start, held.log)
     }
 
     /// A container's process has exec'd: from now on its output is logged, its exit recorded.
@@ -547,12 +584,21 @@ impl Agent {
         } else {
             None
         };
+        // Until it is reaped (by the loop, after this returns) its pid is ours to translate.
+        let host_pid = match super::pid_one::host_pid(started.pid) {
+            Ok(pid) => pid,
+            Err(e) => {
+                let _ = nix::sys::signal::kill(started.pid, Signal::SIGKILL);
+                return Err(e);
+            }
+        };
         let mut outputs = vec![(started.stdout, Stream::Stdout)];
         outputs.extend(started.stderr.map(|fd| (fd, Stream::Stderr)));
         self.containers.insert(
             start.id.clone(),
             Container {
                 pid: started.pid,
+                host_pid,
                 exit_file: PathBuf::from(&start.exit_file),
                 oom_file: start.oom_file.clone(),
                 log,
@@ -566,7 +612,7 @@ impl Agent {
             },
         );
         self.notify(&start.id);
-        Ok((started.pid, started_at))
+        Ok((host_pid, started_at))
     }
 
     fn token(&mut self) -> u64 {
@@ -582,16 +628,23 @@ impl Agent {
         conn: UnixStream,
     ) -> Result<(), AgentError> {
         let started = match self.containers.get(&exec.id).filter(|c| c.running()) {
-            Some(c) => spawn::exec_stream(c.pid, &exec),
+            Some(c) => spawn::exec_stream(c.host_pid, &exec),
             None => Err(AgentError::NotRunning(exec.id.clone())),
         };
         let (pid, stdio) = match started {
             Ok(started) => started,
             Err(error) => return answer_error(conn, error),
         };
+        let host_pid = match super::pid_one::host_pid(pid) {
+            Ok(host_pid) => host_pid,
+            Err(error) => {
+                kill_session(pid);
+                return answer_error(conn, error);
+            }
+        };
         let (kinds, fds) = stdio.into_wire();
         let response = Response {
-            pid: pid.as_raw() as u32,
+            pid: host_pid.as_raw() as u32,
             fds: kinds,
             ..Default::default()
         };
@@ -724,7 +777,7 @@ impl Agent {
         let Some(container) = self.containers.get(&exec.id).filter(|c| c.running()) else {
             return Err((AgentError::NotRunning(exec.id), conn));
         };
-        match spawn::exec(container.pid, &exec) {
+        match spawn::exec(container.host_pid, &exec) {
             Ok(started) => {
                 // Watched for the daemon giving up (its poll needs it non-blocking).
                 let _ = conn.set_nonblocking(true);
@@ -753,9 +806,25 @@ impl Agent {
         }
     }
 
+    /// Takes the pending signals; true when one ends the pod (SIGCHLD is for `reap`).
+    fn read_signals(&mut self) -> bool {
+        let mut end = false;
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            let signal = info.ssi_signo as i32;
+            if super::pid_one::ends_the_pod(signal, info.ssi_pid, self.pid_one) {
+                eprintln!(
+                    "crius pod-agent: signal {signal} from pid {}: ending the pod",
+                    info.ssi_pid
+                );
+                end = true;
+            }
+        }
+        end
+    }
+
     /// Reaps every exited child: containers get their exit recorded, exec sessions their code.
+    /// As PID 1 of the pod's namespace that includes every orphan of the pod.
     fn reap(&mut self, buf: &mut [u8]) {
-        while let Ok(Some(_)) = self.sigchld.read_signal() {}
         let mut exited = Vec::new();
         let mut attachers_done = Vec::new();
         loop {
@@ -874,12 +943,8 @@ impl Agent {
         for c in self.containers.values().filter(|c| c.running()) {
             let _ = nix::sys::signal::kill(c.pid, Signal::SIGKILL);
         }
-        for (forked, _, _) in self.held.values() {
-            let _ = nix::sys::signal::kill(forked.pid, Signal::SIGKILL);
-        }
-        if let Some(init) = self.pid_init {
-            // The namespace ends with its PID 1, and every process in it with it.
-            let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
+        for held in self.held.values() {
+            let _ = nix::sys::signal::kill(held.forked.pid, Signal::SIGKILL);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut buf = vec![0u8; 64 * 1024];
@@ -887,18 +952,8 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(2));
             self.reap(&mut buf);
         }
-        // The pod's PID 1 was SIGKILLed above: reap it before going, so the pod is gone when
-        // Stop answers (not a zombie waiting for a new parent).
-        if let Some(init) = self.pid_init {
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while matches!(
-                waitpid(init, Some(WaitPidFlag::WNOHANG)),
-                Ok(WaitStatus::StillAlive)
-            ) && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
+        // As PID 1, our exit SIGKILLs whatever else is left in the pod's namespace and
+        // returns once it is all gone: the pod is gone when Stop answers.
     }
 }
 

@@ -1,4 +1,4 @@
-//! The agent's forks: the pod's PID 1, containers' first processes and exec'd commands. The
+//! The agent's forks: containers' first processes and exec'd commands. The
 //! child reports a set-up failure through a close-on-exec pipe; EOF on it means execve
 //! succeeded.
 
@@ -144,23 +144,6 @@ fn decode_child_error(report: &[u8]) -> SetupError {
     SetupError {
         message: String::from_utf8_lossy(message).into_owned(),
         errno: (errno != 0).then(|| nix::errno::Errno::from_raw(errno)),
-    }
-}
-
-/// PID 1 of the pod's PID namespace: reaps whatever is reparented to it, for as long as the
-/// pod lives, and dies with the agent.
-pub fn pid_init() -> Result<Pid, AgentError> {
-    match fork_into(CloneFlags::empty())? {
-        pid if pid.as_raw() == 0 => {
-            // SAFETY: prctl with integer arguments only.
-            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-            loop {
-                if let Err(nix::errno::Errno::ECHILD) = nix::sys::wait::wait() {
-                    nix::unistd::pause();
-                }
-            }
-        }
-        pid => Ok(pid),
     }
 }
 

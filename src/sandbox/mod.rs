@@ -337,27 +337,31 @@ impl Sandboxes {
         let log = std::fs::File::create(&log_path).map_err(io_error("creating the agent log"))?;
         let mut child = pod::spawn_agent(&self.agent.exec_path(), &args, own, log)
             .map_err(io_error("starting the pod agent"))?;
-        let pid = child.id().unwrap_or_default() as i32;
+        let mut pid = child.id().unwrap_or_default() as i32;
         record.agent = record::start_time(pid).map(|start_time| AgentProcess { pid, start_time });
         self.save(record).await?;
         let deadline = Instant::now() + AGENT_START_TIMEOUT;
         loop {
             if let Ok(answer) = agent::client::ping(&socket).await {
-                let init = answer.pid_init as i32;
-                record.pid_init = (init > 0)
-                    .then(|| {
-                        record::start_time(init).map(|start_time| AgentProcess {
-                            pid: init,
-                            start_time,
-                        })
-                    })
-                    .flatten();
+                // With the pod's own PID namespace the started process forks the agent, PID 1
+                // of that namespace, and exits once it serves: the one answering is the agent.
+                let serving = answer.pid as i32;
+                if serving > 0 && serving != pid {
+                    pid = serving;
+                    record.agent =
+                        record::start_time(pid).map(|start_time| AgentProcess { pid, start_time });
+                }
                 break;
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                record.agent = None;
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(validate::agent_exit_error(status, &log));
+            match child.try_wait() {
+                // The process that started the PID-1 agent is done; the agent answers soon.
+                Ok(Some(status)) if own.pid && status.success() => {}
+                Ok(Some(status)) => {
+                    record.agent = None;
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    return Err(validate::agent_exit_error(status, &log));
+                }
+                _ => {}
             }
             if Instant::now() > deadline {
                 return Err(Error::Internal(format!(
@@ -374,7 +378,8 @@ impl Sandboxes {
         Ok(pid)
     }
 
-    /// Moves the agent (and the pod's PID 1) into the sandbox's cgroup under kubelet's parent.
+    /// Moves the agent (and, for a pod from before the agent was its PID 1, the pod's PID 1)
+    /// into the sandbox's cgroup under kubelet's parent.
     /// The cgroup is recorded first; the move itself runs on a blocking thread, returned to be
     /// awaited, holding the lock that removal of unused parents takes, so a parent this pod is
     /// about to use is never removed.
@@ -608,10 +613,13 @@ impl Sandboxes {
     }
 
     async fn stop_agent(&self, record: &mut SandboxRecord) {
-        if record.agent.is_none() {
+        // None, or the process that started a PID-1 agent when the daemon died before it
+        // recorded the agent that process forked.
+        if !record.agent.is_some_and(|a| a.is_alive()) {
             self.find_unrecorded_agent(record).await;
         }
-        // The pod's PID 1 goes first: killing it ends every process in the pod's PID namespace.
+        // Pods from before the agent was PID 1 of the pod's PID namespace have a PID 1 of
+        // their own, which goes first: killing it ends every process in the pod's PID namespace.
         if let Some(init) = record.pid_init.filter(|i| i.is_alive()) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(init.pid),

@@ -22,7 +22,9 @@ pub struct SandboxRecord {
     /// The agent holding the namespaces, while it runs: its pid and its start time (in clock
     /// ticks since boot), which together tell it from a later process with the same pid.
     pub agent: Option<AgentProcess>,
-    /// PID 1 of the pod's PID namespace (shareProcessNamespace), while it runs.
+    /// PID 1 of the pod's PID namespace (shareProcessNamespace), while it runs, for pods made
+    /// before the agent was itself that PID 1: such a pod is still stopped and removed with it.
+    /// None for newer pods.
     #[serde(default)]
     pub pid_init: Option<AgentProcess>,
     /// The pinned network namespace, unless the pod uses the host's.

@@ -85,7 +85,12 @@ pub async fn status(
     if req.verbose {
         let details = serde_json::json!({
             "pid": record.agent.map(|a| a.pid),
-            "pidNamespaceInit": record.pid_init.map(|a| a.pid),
+            // PID 1 of the pod's PID namespace: the agent itself (a pod from before that
+            // recorded a PID 1 of its own).
+            "pidNamespaceInit": record
+                .pid_init
+                .or(record.agent.filter(|_| record.pod_pid()))
+                .map(|a| a.pid),
             "netns": record.netns,
             "cgroup": record.cgroup,
             "runtimeHandler": record.runtime_handler,
