@@ -75,3 +75,18 @@ async fn a_container_cannot_reach_or_write_the_agent_binary() {
     );
     remove_all(&daemon, &pod).await;
 }
+
+/// The agent is linked at a fixed address (build.rs): a position-independent agent would copy
+/// its relocated pointer tables into every pod's private memory (260 KiB each, measured).
+#[test]
+fn the_agent_binary_is_not_position_independent() {
+    use std::io::Read;
+    let mut header = [0u8; 18];
+    std::fs::File::open(AGENT)
+        .unwrap()
+        .read_exact(&mut header)
+        .unwrap();
+    // ELF e_type (offset 16, little-endian): 2 is ET_EXEC, 3 ET_DYN (PIE).
+    assert_eq!(&header[..4], b"\x7fELF");
+    assert_eq!(u16::from_le_bytes([header[16], header[17]]), 2, "ET_EXEC");
+}
