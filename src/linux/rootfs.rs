@@ -174,14 +174,23 @@ fn idmap_lower_layers(
 
 /// The mount point of the mount that holds `path` (the longest mount point above it).
 fn mount_point_of(path: &Path) -> PathBuf {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mount_holding(path).map_or_else(|| PathBuf::from("/"), |(point, _)| point)
+}
+
+/// The mount point and filesystem type of the mount that holds `path`, from
+/// /proc/self/mountinfo.
+pub fn mount_holding(path: &Path) -> Option<(PathBuf, String)> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     mountinfo
         .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
-        .filter(|p| path.starts_with(p))
-        .max_by_key(|p| p.as_os_str().len())
-        .unwrap_or_else(|| PathBuf::from("/"))
+        .filter_map(|line| {
+            let (head, tail) = line.split_once(" - ")?;
+            let point = PathBuf::from(head.split_whitespace().nth(4)?.replace("\\040", " "));
+            let fstype = tail.split_whitespace().next()?;
+            path.starts_with(&point)
+                .then(|| (point, fstype.to_string()))
+        })
+        .max_by_key(|(point, _)| point.as_os_str().len())
 }
 
 /// Mount options as flags, propagation flags and the data string for the filesystem.

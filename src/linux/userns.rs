@@ -295,7 +295,8 @@ pub fn kernel_supports() -> bool {
 
 /// Why a filesystem could not be idmapped, for the caller: what is missing where.
 pub fn idmap_refusal(what: &str, path: &Path, errno: Errno) -> String {
-    let fs = filesystem_of(path).unwrap_or_else(|| "its filesystem".to_string());
+    let fs = super::rootfs::mount_holding(path)
+        .map_or_else(|| "its filesystem".to_string(), |(_, fs)| fs);
     match errno {
         Errno::EINVAL | Errno::EOPNOTSUPP | Errno::ENOSYS => format!(
             "{what} {} is on {fs}, which this kernel ({}) cannot idmap; a user-namespaced pod \
@@ -306,22 +307,6 @@ pub fn idmap_refusal(what: &str, path: &Path, errno: Errno) -> String {
         ),
         other => format!("idmapping {what} {}: {other}", path.display()),
     }
-}
-
-/// The filesystem type of the mount holding `path`, from /proc/self/mountinfo.
-fn filesystem_of(path: &Path) -> Option<String> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (head, tail) = line.split_once(" - ")?;
-            let point = head.split_whitespace().nth(4)?.replace("\\040", " ");
-            let fstype = tail.split_whitespace().next()?;
-            path.starts_with(&point)
-                .then(|| (point.len(), fstype.to_string()))
-        })
-        .max_by_key(|(len, _)| *len)
-        .map(|(_, fs)| fs)
 }
 
 fn kernel_release() -> String {
