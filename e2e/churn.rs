@@ -17,8 +17,10 @@ async fn churn_of_200_pods_by_20_clients_leaves_nothing() {
     daemon.dir.write_bridge_cni_config();
     pull(&daemon, &busybox()).await.unwrap();
     let place = Place::of(&daemon.dir);
-    // A first pod warms up what the daemon builds once (lazy statics, connections).
-    let warm = churn(&daemon.socket(), &place, &busybox(), 1, 1).await;
+    // A first round at the same concurrency warms up what the daemon builds once (lazy
+    // statics, connections) and what its allocator keeps for 20 clients at once (per-thread
+    // arenas): what the second round adds on top would be a leak.
+    let warm = churn(&daemon.socket(), &place, &busybox(), CLIENTS * 3, CLIENTS).await;
     assert!(warm.errors.is_empty(), "{:?}", warm.errors);
     let pid = daemon.pid().as_raw();
     let rss_before = rss_kib(pid);
