@@ -1031,20 +1031,26 @@ fn pump_exec(e: &mut ExecSession, oi: usize, buf: &mut [u8]) -> bool {
     }
 }
 
-/// Whether the container's cgroup saw an OOM kill (`oom_kill N` in either file's format).
+/// Whether the container's cgroup saw an OOM kill: `oom_kill N` (v1's memory.oom_control and
+/// v2's memory.events), or on v2 `oom N`, which the kernel counts before its OOM killer picks
+/// and kills a victim, while `oom_kill` moves only after the kill signal is sent: the victim
+/// can die and be reaped before that.
 fn oom_killed(oom_file: &str) -> bool {
     if oom_file.is_empty() {
         return false;
     }
     std::fs::read_to_string(oom_file)
-        .map(|text| {
-            text.lines().any(|l| {
-                l.strip_prefix("oom_kill ")
-                    .and_then(|n| n.trim().parse::<u64>().ok())
-                    .is_some_and(|n| n > 0)
-            })
-        })
+        .map(|text| counts_an_oom(&text))
         .unwrap_or(false)
+}
+
+fn counts_an_oom(text: &str) -> bool {
+    text.lines().any(|l| {
+        l.strip_prefix("oom_kill ")
+            .or_else(|| l.strip_prefix("oom "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+    })
 }
 
 /// Written to a temporary name and renamed, so a reader never sees half a file.
@@ -1081,4 +1087,22 @@ fn loopback_up() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counts_an_oom;
+
+    #[test]
+    fn an_oom_counts_from_either_counter() {
+        let v2 = |oom: u32, kill: u32| {
+            format!("low 0\nhigh 0\nmax 3\noom {oom}\noom_kill {kill}\noom_group_kill 0\n")
+        };
+        assert!(!counts_an_oom(&v2(0, 0)));
+        assert!(counts_an_oom(&v2(1, 0)), "counted before the kill");
+        assert!(counts_an_oom(&v2(1, 1)));
+        let v1 = |kill: u32| format!("oom_kill_disable 0\nunder_oom 0\noom_kill {kill}\n");
+        assert!(!counts_an_oom(&v1(0)));
+        assert!(counts_an_oom(&v1(2)));
+    }
 }
