@@ -14,7 +14,7 @@ use super::StreamFds;
 use super::error::AgentError;
 use super::proto::{ExecStream, ExecSync, StartContainer};
 use crate::linux::SetupError;
-use crate::linux::init::{self, ConsoleSocket, ContainerSetup, ExecTarget, Stdio};
+use crate::linux::init::{self, CgroupEntry, ConsoleSocket, ContainerSetup, ExecTarget, Stdio};
 
 /// A started process and the agent's ends of its stdio.
 pub struct Started {
@@ -151,6 +151,8 @@ fn decode_child_error(report: &[u8]) -> SetupError {
 /// finish starting it.
 pub struct Forked {
     pub pid: Pid,
+    /// Why the agent could not move the process into its cgroup (it then fails its setup).
+    placement: Option<AgentError>,
     error_read: OwnedFd,
     /// With `hold`: writing a byte lets the process go on.
     release: Option<OwnedFd>,
@@ -204,15 +206,21 @@ pub fn fork_container(start: &StartContainer) -> Result<Forked, AgentError> {
                 .ok()
         })
         .flatten();
+    let (placed_read, placed_write) = if start.cgroup_procs.is_empty() {
+        (None, None)
+    } else {
+        let (r, w) = pipe()?;
+        (Some(r), Some(w))
+    };
     let (pid, in_cgroup) = fork_in_pid_namespace(flags, start.new_pid_ns, cgroup.as_ref())?;
     if pid.as_raw() == 0 {
-        drop((error_read, release_write));
+        drop((error_read, release_write, placed_write));
         if let Some(release) = release_read {
             await_release(&error_write, release);
         }
         let setup = ContainerSetup {
             bundle: Path::new(&start.bundle),
-            cgroup_procs: if in_cgroup { &[] } else { &start.cgroup_procs },
+            cgroup: CgroupEntry::new(placed_read.filter(|_| !in_cgroup)),
             layers_dir: Path::new(&start.layers_dir),
             overlay_options: &start.overlay_options,
         };
@@ -223,12 +231,19 @@ pub fn fork_container(start: &StartContainer) -> Result<Forked, AgentError> {
             tty: false,
         };
         let console = console.map(|(_, theirs)| ConsoleSocket(theirs));
-        let Err(error) = init::container(&setup, stdio, console);
+        let Err(error) = init::container(setup, stdio, console);
         fail_child(&error_write, &error);
     }
     drop((error_write, child_out, child_err, stdin_child, release_read));
+    drop(placed_read);
+    // The child builds its rootfs meanwhile, and waits for this only where it needs its cgroup.
+    let placement = match placed_write.filter(|_| !in_cgroup) {
+        Some(placed) => place_in_cgroup(pid, &start.cgroup_procs, placed).err(),
+        None => None,
+    };
     Ok(Forked {
         pid,
+        placement,
         error_read,
         release: release_write,
         out,
@@ -238,6 +253,18 @@ pub fn fork_container(start: &StartContainer) -> Result<Forked, AgentError> {
         tty: start.tty,
         stdin: start.stdin,
     })
+}
+
+/// Moves the forked process `pid` (of our PID namespace) into its cgroup in every hierarchy,
+/// then tells it so over `placed`. On failure `placed` closes unwritten and the process fails.
+fn place_in_cgroup(pid: Pid, procs_files: &[String], placed: OwnedFd) -> Result<(), AgentError> {
+    for file in procs_files {
+        std::fs::write(file, pid.to_string()).map_err(AgentError::at_io(format!(
+            "placing the container in {file}"
+        )))?;
+    }
+    nix::unistd::write(&placed, b"1").map_err(AgentError::at("telling the container"))?;
+    Ok(())
 }
 
 /// In a held child: blocks until the agent lets it go on; ends it if the agent never does.
@@ -288,6 +315,7 @@ fn fork_in_pid_namespace(
 pub fn finish(forked: Forked) -> Result<Started, AgentError> {
     let Forked {
         pid,
+        placement,
         error_read,
         release,
         out,
@@ -305,7 +333,11 @@ pub fn finish(forked: Forked) -> Result<Started, AgentError> {
         (None, Some(ours)) => receive_terminal(&ours),
         (None, None) => None,
     };
-    await_exec(pid, error_read)?;
+    let exec = await_exec(pid, error_read);
+    if let Some(error) = placement {
+        return Err(error);
+    }
+    exec?;
     let out = out.ok_or_else(|| AgentError::Protocol("the container sent no terminal".into()))?;
     nonblocking(&out)?;
     if let Some(e) = &err {

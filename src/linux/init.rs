@@ -30,25 +30,21 @@ pub struct ConsoleSocket(pub OwnedFd);
 /// What a container's first process needs beside its spec.
 pub struct ContainerSetup<'a> {
     pub bundle: &'a Path,
-    pub cgroup_procs: &'a [String],
+    /// Where the process goes into its cgroup, which the agent does meanwhile.
+    pub cgroup: CgroupEntry,
     pub layers_dir: &'a Path,
     pub overlay_options: &'a str,
 }
 
 /// Becomes the container's process. Called in the child of clone(CLONE_NEWNS[|CLONE_NEWPID]).
 pub fn container(
-    setup: &ContainerSetup,
+    mut setup: ContainerSetup,
     stdio: Stdio,
     console: Option<ConsoleSocket>,
 ) -> Result<Infallible, SetupError> {
     reset_signals();
     attach_stdio(stdio)?;
     die_with_parent()?;
-    join_cgroup(setup.cgroup_procs)?;
-    if Path::new("/proc/self/ns/cgroup").exists() {
-        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
-            .map_err(|e| format!("new cgroup namespace: {e}"))?;
-    }
     let spec = load_spec(setup.bundle)?;
     let process = spec
         .process()
@@ -81,7 +77,9 @@ pub fn container(
             options: setup.overlay_options,
         },
         user_namespace.as_ref(),
+        &mut || setup.cgroup.enter(),
     )?;
+    setup.cgroup.enter()?;
     if let Some(console) = console {
         open_terminal(console, terminal_owner(&process, pod_userns.as_ref()))?;
     }
@@ -91,6 +89,47 @@ pub fn container(
     let args = process.args().clone().unwrap_or_default();
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     security::finish_and_exec(&process, &args, seccomp.as_ref())
+}
+
+/// A container's first process going into its own cgroup and cgroup namespace. On cgroup v1
+/// every migration waits for an RCU grace period (milliseconds), so the agent moves the
+/// process while the process builds its rootfs; the process waits for the agent's word only
+/// where it needs its cgroup: before it mounts cgroupfs, or once its rootfs is ready.
+pub struct CgroupEntry {
+    /// A byte on it says the agent has placed the process; none placed it (already there).
+    placed: Option<OwnedFd>,
+    entered: bool,
+}
+
+impl CgroupEntry {
+    pub fn new(placed: Option<OwnedFd>) -> Self {
+        CgroupEntry {
+            placed,
+            entered: false,
+        }
+    }
+
+    /// Waits until the process is in its cgroup, then makes that the root of a new cgroup
+    /// namespace. Once; later calls do nothing.
+    pub fn enter(&mut self) -> Result<(), SetupError> {
+        if self.entered {
+            return Ok(());
+        }
+        if let Some(placed) = self.placed.take() {
+            let mut byte = [0u8; 1];
+            if !matches!(nix::unistd::read(&placed, &mut byte), Ok(1)) {
+                return Err(SetupError::from(
+                    "the agent could not place the process in its cgroup".to_string(),
+                ));
+            }
+        }
+        if Path::new("/proc/self/ns/cgroup").exists() {
+            nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+                .map_err(|e| format!("new cgroup namespace: {e}"))?;
+        }
+        self.entered = true;
+        Ok(())
+    }
 }
 
 /// The host uid the process's terminal belongs to: the process's user (through the pod's

@@ -40,6 +40,7 @@ pub fn prepare(
     rootfs: &Path,
     overlay: &Overlay,
     userns: Option<&UserNamespace>,
+    enter_cgroup: &mut dyn FnMut() -> Result<(), SetupError>,
 ) -> Result<(), SetupError> {
     // The host's mounts reach us; ours reach the host only through volumes that ask for it
     // (rshared), and those need the copies of the host's mounts to stay in their peer groups.
@@ -86,6 +87,10 @@ pub fn prepare(
     )))?;
 
     for m in spec.mounts().iter().flatten() {
+        // cgroupfs shows the mounter's cgroup namespace.
+        if m.typ().as_deref() == Some("cgroup") {
+            enter_cgroup()?;
+        }
         mount_one(rootfs, m, userns)?;
     }
     for device in linux.devices().iter().flatten() {
