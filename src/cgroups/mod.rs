@@ -39,12 +39,21 @@ pub fn remove_cgroup(path: &str) -> Result<(), String> {
 }
 
 /// Mount points of the hierarchies cgroups are made in: every v1 hierarchy, or the v2 root.
+/// Read from mountinfo once: it grows with every pod (their namespace pins and /dev/shm), and
+/// reading it on each container start and removal made those steps slower the more pods
+/// ran. The hierarchies a node mounts do not change under a running runtime (runc and
+/// containerd find them once too).
 pub fn hierarchy_mounts() -> Vec<std::path::PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    sandbox::hierarchy_mounts_in(
-        &mountinfo,
-        cgroups_rs::fs::hierarchies::is_cgroup2_unified_mode(),
-    )
+    static MOUNTS: std::sync::OnceLock<Vec<std::path::PathBuf>> = std::sync::OnceLock::new();
+    MOUNTS
+        .get_or_init(|| {
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            sandbox::hierarchy_mounts_in(
+                &mountinfo,
+                cgroups_rs::fs::hierarchies::is_cgroup2_unified_mode(),
+            )
+        })
+        .clone()
 }
 
 /// Which cgroup driver this daemon uses: set once at start-up (cgroupfs until then).
