@@ -169,6 +169,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
 
     let listener = bind_socket(&socket)?;
+    // Start-up (configuration, the store, recovery, the servers' set-up) ran code that will not
+    // run again: measured, 10 MB of the binary's text stayed mapped after it.
+    crate::linux::trim::drop_clean_file_pages();
     tracing::info!(
         socket = %socket.display(),
         version = env!("CARGO_PKG_VERSION"),

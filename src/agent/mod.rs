@@ -11,7 +11,6 @@ pub mod error;
 pub mod pid_one;
 pub mod process;
 pub mod spawn;
-pub mod trim;
 
 /// The messages of proto/agent.proto.
 pub mod proto {

@@ -212,7 +212,7 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
         super::pid_one::ready(ready);
     }
     // Start-up code will not run again: keep only what the loop uses resident.
-    super::trim::drop_clean_file_pages();
+    crate::linux::trim::drop_clean_file_pages();
     agent.serve_forever();
     let _ = std::fs::remove_file(&args.socket);
     agent.shut_down();
@@ -361,7 +361,7 @@ impl Agent {
             if ready.iter().any(|(s, _)| matches!(s, Source::Listener))
                 || self.execs.len() < execs_before
             {
-                super::trim::drop_clean_file_pages();
+                crate::linux::trim::drop_clean_file_pages();
             }
         }
     }

@@ -7,6 +7,7 @@ pub mod path;
 pub mod rootfs;
 pub mod seccomp;
 pub mod security;
+pub mod trim;
 pub mod userns;
 
 use nix::errno::Errno;

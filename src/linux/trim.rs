@@ -1,8 +1,9 @@
-//! Gives back the page-table mappings of code and read-only data the agent touched while
-//! starting up (or forking a container) and will not run again soon. Those pages belong to the
-//! daemon's binary and the C library, which stay in the page cache, shared; unmapping them
-//! from the agent frees no memory the host had, but keeps each agent's resident set to what
-//! its poll loop really uses. Pages that were written (relocations: anonymous copies) are
+//! Gives back the page-table mappings of code and read-only data a process touched while
+//! starting up (the agent also after forking a container) and will not run again soon. Those
+//! pages belong to the process's binary and the C library, which stay in the page cache,
+//! shared; unmapping them frees no memory the host had, but keeps the resident set to what the
+//! process goes on using (the kernel maps code in 64 KiB runs around each page it faults in,
+//! so start-up alone leaves most of a binary's text resident). Pages that were written (relocations: anonymous copies) are
 //! never touched, so nothing the agent needs is lost: a dropped page is read back from the
 //! file on its next use.
 
