@@ -18,6 +18,8 @@ pub struct Place {
     logs: PathBuf,
     /// Pod `n`'s cgroup parent is this followed by `churn-<n>`.
     cgroup_prefix: String,
+    /// The pods' PID namespace: kubelet's default (one per container) or the pod's.
+    pid: cri::NamespaceMode,
 }
 
 impl Place {
@@ -25,6 +27,15 @@ impl Place {
         Place {
             logs: dir.path().join("logs"),
             cgroup_prefix: dir.cgroup_parent(""),
+            pid: cri::NamespaceMode::Container,
+        }
+    }
+
+    /// The same place, its pods sharing one PID namespace (shareProcessNamespace, crictl's).
+    pub fn with_pod_pid_namespace(self) -> Place {
+        Place {
+            pid: cri::NamespaceMode::Pod,
+            ..self
         }
     }
 }
@@ -35,6 +46,8 @@ pub struct ChurnReport {
     pub run: Vec<Duration>,
     pub create_start: Vec<Duration>,
     pub stop_remove: Vec<Duration>,
+    /// RunPodSandbox through StartContainer: a pod's full start.
+    pub started: Vec<Duration>,
     pub whole: Vec<Duration>,
     pub elapsed: Duration,
     pub errors: Vec<String>,
@@ -48,7 +61,7 @@ impl ChurnReport {
     pub fn summary(&self) -> String {
         format!(
             "{} pods in {:.1}s ({:.1} pods/s), {} errors; RunPodSandbox p50 {} p99 {}; \
-             Create+Start p50 {} p99 {}; Stop+Remove p50 {} p99 {}; whole pod p50 {} p99 {}",
+             Create+Start p50 {} p99 {}; Stop+Remove p50 {} p99 {}; full start p50 {} p99 {}; whole pod p50 {} p99 {}",
             self.whole.len(),
             self.elapsed.as_secs_f64(),
             self.pods_per_second(),
@@ -59,6 +72,8 @@ impl ChurnReport {
             ms(percentile(&self.create_start, 99)),
             ms(percentile(&self.stop_remove, 50)),
             ms(percentile(&self.stop_remove, 99)),
+            ms(percentile(&self.started, 50)),
+            ms(percentile(&self.started, 99)),
             ms(percentile(&self.whole, 50)),
             ms(percentile(&self.whole, 99)),
         )
@@ -79,8 +94,8 @@ fn ms(d: Duration) -> String {
     format!("{:.1}ms", d.as_secs_f64() * 1000.0)
 }
 
-/// A pod as kubelet asks for one (container PID namespaces), its cgroup under the test's own
-/// parent.
+/// A pod as kubelet asks for one (in `place`'s PID namespace shape), its cgroup under the
+/// test's own parent.
 pub fn pod_config(n: usize, place: &Place) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
@@ -95,7 +110,7 @@ pub fn pod_config(n: usize, place: &Place) -> cri::PodSandboxConfig {
             cgroup_parent: format!("{}churn-{n}", place.cgroup_prefix),
             security_context: Some(cri::LinuxSandboxSecurityContext {
                 namespace_options: Some(cri::NamespaceOption {
-                    pid: cri::NamespaceMode::Container as i32,
+                    pid: place.pid as i32,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -106,8 +121,19 @@ pub fn pod_config(n: usize, place: &Place) -> cri::PodSandboxConfig {
     }
 }
 
-pub fn container_config(image: &str) -> cri::ContainerConfig {
+/// The pod's container; its PID namespace as its pod's, as kubelet sends it.
+pub fn container_config(image: &str, place: &Place) -> cri::ContainerConfig {
     cri::ContainerConfig {
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: place.pid as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         metadata: Some(cri::ContainerMetadata {
             name: "work".into(),
             attempt: 0,
@@ -147,7 +173,7 @@ async fn one_pod(
     let container = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: id.clone(),
-            config: Some(container_config(image)),
+            config: Some(container_config(image, place)),
             sandbox_config: Some(config),
         })
         .await
@@ -208,6 +234,7 @@ pub async fn churn(
                     report.run.push(run);
                     report.create_start.push(start);
                     report.stop_remove.push(stop);
+                    report.started.push(run + start);
                     report.whole.push(whole);
                 }
                 Err(e) => report.errors.push(e),

@@ -218,6 +218,11 @@ pub fn test_images() -> (String, serde_json::Value) {
     (meta["registry"].as_str().unwrap().to_string(), meta)
 }
 
+/// Whether to measure crius alone (CRIUS_BENCH_CRIUS_ONLY set), as when comparing two builds.
+pub fn crius_only() -> bool {
+    std::env::var_os("CRIUS_BENCH_CRIUS_ONLY").is_some()
+}
+
 /// A test image's reference.
 pub fn image_ref(meta: &serde_json::Value, name: &str) -> String {
     meta["images"][name]["ref"].as_str().unwrap().to_string()

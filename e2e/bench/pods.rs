@@ -4,7 +4,8 @@
 //! crius next to containerd 1.6 + runc (its own root and socket, the same CNI plugins, a pause
 //! image from the local registry), in the same run, in both pod shapes: kubelet's default (a
 //! PID namespace per container) and a pod-level PID namespace (shareProcessNamespace, as crictl
-//! asks). Prints medians, p90s and memory; asserts nothing.
+//! asks). Prints medians, p90s and memory; asserts nothing. With CRIUS_BENCH_CRIUS_ONLY set,
+//! crius alone.
 //!
 //! Run with `bash hack/bench.sh`.
 
@@ -45,44 +46,26 @@ impl Shape {
             Shape::PodPid => "pod PID namespace",
         }
     }
+}
 
-    fn mode(self) -> i32 {
-        match self {
-            Shape::PidPerContainer => cri::NamespaceMode::Container as i32,
-            Shape::PodPid => cri::NamespaceMode::Pod as i32,
-        }
+/// Where pod `n` of `shape` goes: the test dir's logs and cgroups.
+fn place(dir: &TestDir, shape: Shape) -> churn_driver::Place {
+    let place = churn_driver::Place::of(dir);
+    match shape {
+        Shape::PidPerContainer => place,
+        Shape::PodPid => place.with_pod_pid_namespace(),
     }
 }
 
 /// A pod as kubelet asks for one; its workload a sleep that is not the pause process
 /// (containerd's pause runs the same image).
 fn config(n: usize, dir: &TestDir, shape: Shape) -> cri::PodSandboxConfig {
-    let mut config = churn_driver::pod_config(n, &churn_driver::Place::of(dir));
-    if let Some(options) = config
-        .linux
-        .as_mut()
-        .and_then(|l| l.security_context.as_mut())
-        .and_then(|s| s.namespace_options.as_mut())
-    {
-        options.pid = shape.mode();
-    }
-    config
+    churn_driver::pod_config(n, &place(dir, shape))
 }
 
 /// The pod's container, in the pod's PID namespace or its own, as kubelet asks.
-fn container(image: &str, shape: Shape) -> cri::ContainerConfig {
-    let mut config = churn_driver::container_config(image);
-    config.linux = Some(cri::LinuxContainerConfig {
-        security_context: Some(cri::LinuxContainerSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                pid: shape.mode(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    config
+fn container(image: &str, dir: &TestDir, shape: Shape) -> cri::ContainerConfig {
+    churn_driver::container_config(image, &place(dir, shape))
 }
 
 struct Measured {
@@ -135,7 +118,7 @@ async fn scenario(
         let container = rt
             .create_container(cri::CreateContainerRequest {
                 pod_sandbox_id: id.clone(),
-                config: Some(container(image, shape)),
+                config: Some(container(image, dir, shape)),
                 sandbox_config: Some(config(n, dir, shape)),
             })
             .await
@@ -259,6 +242,9 @@ async fn measure(shape: Shape, registry: &str, pause: &str) {
     .expect("crius");
     drop(daemon);
     report(&format!("crius [{}]", shape.name()), &crius);
+    if peer::crius_only() {
+        return;
+    }
 
     // containerd 1.6 + runc: same CNI plugins, its own bridge network.
     let (mut containerd, net_dir) = peer::start_with_cni(registry, pause).await;
