@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks (not tests): crius next to Debian's containerd 1.6, on this machine, in one run.
 #   pull: a ~200 MB, 4-layer image from a local registry, cold, median of 5 pulls each.
-#   pods: RunPodSandbox and Stop+Remove latency over 20 pods, RSS with 10 and 100 pods.
+#   pods: Run, Create+Start and Stop+Remove latency and memory, in rounds of 10 and 100 pods.
 #   churn: 100 pods with a container each, created and removed by 20 concurrent clients, in both
 #          pod shapes (a PID namespace per container, and one for the pod).
 #   streaming: Exec (RPC + SPDY exec of `true`), ExecSync, PortForward + an HTTP GET, exec output MB/s.

@@ -1,6 +1,7 @@
-//! Pod benchmark: RunPodSandbox (CNI bridge), CreateContainer+StartContainer of one container
-//! per pod, and StopPodSandbox+RemovePodSandbox latency, and the memory of the runtime and of
-//! each pod's runtime processes (how many, their RSS and PSS) with 10 and 100 pods running —
+//! Pod benchmark, in a round of 10 pods and then one of 100: RunPodSandbox (CNI bridge),
+//! CreateContainer+StartContainer of one container per pod and StopPodSandbox+
+//! RemovePodSandbox latency, and with all the round's pods running, the memory of the runtime
+//! and of each pod's runtime processes (how many, their RSS and PSS) —
 //! crius next to containerd 1.6 + runc (its own root and socket, the same CNI plugins, a pause
 //! image from the local registry), in the same run, in both pod shapes: kubelet's default (a
 //! PID namespace per container) and a pod-level PID namespace (shareProcessNamespace, as crictl
@@ -25,8 +26,6 @@ use crius::cri;
 
 use harness::{Daemon, TestDir};
 use peer::{median, ms, p90, pids_of, pss_kib, rss_kib, timed_pull};
-
-const TIMED_PODS: usize = 20;
 
 /// The pod shapes measured.
 #[derive(Clone, Copy)]
@@ -68,19 +67,28 @@ fn container(image: &str, dir: &TestDir, shape: Shape) -> cri::ContainerConfig {
     churn_driver::container_config(image, &place(dir, shape))
 }
 
-struct Measured {
+/// One round: `pods` pods run, measured, then removed.
+struct Round {
+    pods: usize,
     run: Vec<Duration>,
     create_start: Vec<Duration>,
     stop_remove: Vec<Duration>,
-    /// (pods, runtime RSS KiB, per-pod processes, per-pod RSS KiB, per-pod PSS KiB)
-    rss: Vec<(usize, u64, f64, u64, u64)>,
-    /// ListContainerStats and ListPodSandboxStats with 100 pods running, as kubelet polls them.
+    /// With all the round's pods running: the runtime's RSS KiB, and per pod its processes'
+    /// count, RSS KiB and PSS KiB.
+    runtime_rss: u64,
+    per_pod: (f64, u64, u64),
+    /// ListContainerStats and ListPodSandboxStats with the pods running, as kubelet polls them.
     list_container_stats: Vec<Duration>,
     list_pod_stats: Vec<Duration>,
 }
 
-/// Runs the whole scenario against one runtime's socket. `per_pod` measures the per-pod
-/// processes' memory; `runtime_rss` the runtime daemon's.
+/// The rounds each runtime goes through, one after the other.
+const ROUNDS: [usize; 2] = [10, 100];
+
+type Client = cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
+
+/// Runs every round against one runtime's socket. `per_pod` lists the per-pod processes;
+/// `runtime_rss` measures the runtime daemon.
 async fn scenario(
     socket: &Path,
     dir: &TestDir,
@@ -88,112 +96,115 @@ async fn scenario(
     shape: Shape,
     runtime_rss: impl Fn() -> u64,
     per_pod: impl Fn() -> Vec<u32>,
-) -> Result<Measured, String> {
+) -> Result<Vec<Round>, String> {
     let channel = harness::connect(socket).await.unwrap();
-    let mut rt = cri::runtime_service_client::RuntimeServiceClient::new(channel);
-    let mut m = Measured {
-        run: vec![],
-        create_start: vec![],
-        list_container_stats: vec![],
-        list_pod_stats: vec![],
-        stop_remove: vec![],
-        rss: vec![],
-    };
-    let mut ids = Vec::new();
-    for n in 0..100 {
-        let started = Instant::now();
-        let id = rt
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config(n, dir, shape)),
-                runtime_handler: String::new(),
-            })
-            .await
-            .map_err(|e| format!("RunPodSandbox {n}: {}", e.message()))?
-            .into_inner()
-            .pod_sandbox_id;
-        if n < TIMED_PODS {
-            m.run.push(started.elapsed());
+    let mut rt = Client::new(channel);
+    let mut rounds = Vec::new();
+    let mut first = 0;
+    for pods in ROUNDS {
+        let mut round = Round {
+            pods,
+            run: vec![],
+            create_start: vec![],
+            stop_remove: vec![],
+            runtime_rss: 0,
+            per_pod: (0.0, 0, 0),
+            list_container_stats: vec![],
+            list_pod_stats: vec![],
+        };
+        let mut ids = Vec::new();
+        for n in first..first + pods {
+            ids.push(start_pod(&mut rt, n, dir, image, shape, &mut round).await?);
         }
-        let started = Instant::now();
-        let container = rt
-            .create_container(cri::CreateContainerRequest {
+        first += pods;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let pids = per_pod();
+        let rss: u64 = pids.iter().map(|p| rss_kib(*p)).sum();
+        let pss: u64 = pids.iter().map(|p| pss_kib(*p)).sum();
+        let count = pids.len() as f64 / pods as f64;
+        round.runtime_rss = runtime_rss();
+        round.per_pod = (count, rss / pods as u64, pss / pods as u64);
+        list_stats(&mut rt, &mut round).await;
+        for id in ids {
+            let started = Instant::now();
+            rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
                 pod_sandbox_id: id.clone(),
-                config: Some(container(image, dir, shape)),
-                sandbox_config: Some(config(n, dir, shape)),
             })
             .await
-            .map_err(|e| format!("CreateContainer {n}: {}", e.message()))?
-            .into_inner()
-            .container_id;
-        rt.start_container(cri::StartContainerRequest {
-            container_id: container,
-        })
-        .await
-        .map_err(|e| format!("StartContainer {n}: {}", e.message()))?;
-        if n < TIMED_PODS {
-            m.create_start.push(started.elapsed());
+            .map_err(|e| format!("StopPodSandbox: {}", e.message()))?;
+            rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+                .await
+                .map_err(|e| format!("RemovePodSandbox: {}", e.message()))?;
+            round.stop_remove.push(started.elapsed());
         }
-        ids.push(id);
-        if n + 1 == 10 || n + 1 == 100 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let pods = n as u64 + 1;
-            let pids = per_pod();
-            let rss: u64 = pids.iter().map(|p| rss_kib(*p)).sum();
-            let pss: u64 = pids.iter().map(|p| pss_kib(*p)).sum();
-            let count = pids.len() as f64 / pods as f64;
-            m.rss
-                .push((n + 1, runtime_rss(), count, rss / pods, pss / pods));
-        }
-        if n + 1 == 100 {
-            for _ in 0..5 {
-                let started = Instant::now();
-                if rt
-                    .list_container_stats(cri::ListContainerStatsRequest { filter: None })
-                    .await
-                    .is_ok()
-                {
-                    m.list_container_stats.push(started.elapsed());
-                }
-                let started = Instant::now();
-                if rt
-                    .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
-                    .await
-                    .is_ok()
-                {
-                    m.list_pod_stats.push(started.elapsed());
-                }
-            }
-        }
+        rounds.push(round);
     }
-    for (n, id) in ids.iter().enumerate() {
-        let started = Instant::now();
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: id.clone(),
-        })
-        .await
-        .unwrap();
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: id.clone(),
-        })
-        .await
-        .unwrap();
-        if n < TIMED_PODS {
-            m.stop_remove.push(started.elapsed());
-        }
-    }
-    Ok(m)
+    Ok(rounds)
 }
 
-fn report(name: &str, m: &Measured) {
-    println!(
-        "{name}: RunPodSandbox median {} p90 {}; CreateContainer+StartContainer median {} p90 {}; Stop+Remove median {} p90 {}",
-        ms(median(m.run.clone())),
-        ms(p90(m.run.clone())),
-        ms(median(m.create_start.clone())),
-        ms(p90(m.create_start.clone())),
-        ms(median(m.stop_remove.clone())),
-        ms(p90(m.stop_remove.clone()))
-    );
+/// Pod `n` with its container, timed into `round`; its id.
+async fn start_pod(
+    rt: &mut Client,
+    n: usize,
+    dir: &TestDir,
+    image: &str,
+    shape: Shape,
+    round: &mut Round,
+) -> Result<String, String> {
+    let started = Instant::now();
+    let id = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config(n, dir, shape)),
+            runtime_handler: String::new(),
+        })
+        .await
+        .map_err(|e| format!("RunPodSandbox {n}: {}", e.message()))?
+        .into_inner()
+        .pod_sandbox_id;
+    round.run.push(started.elapsed());
+    let started = Instant::now();
+    let container = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: id.clone(),
+            config: Some(container(image, dir, shape)),
+            sandbox_config: Some(config(n, dir, shape)),
+        })
+        .await
+        .map_err(|e| format!("CreateContainer {n}: {}", e.message()))?
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: container,
+    })
+    .await
+    .map_err(|e| format!("StartContainer {n}: {}", e.message()))?;
+    round.create_start.push(started.elapsed());
+    Ok(id)
+}
+
+/// Five rounds of the two stats listings kubelet polls.
+async fn list_stats(rt: &mut Client, round: &mut Round) {
+    for _ in 0..5 {
+        let started = Instant::now();
+        if rt
+            .list_container_stats(cri::ListContainerStatsRequest { filter: None })
+            .await
+            .is_ok()
+        {
+            round.list_container_stats.push(started.elapsed());
+        }
+        let started = Instant::now();
+        if rt
+            .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
+            .await
+            .is_ok()
+        {
+            round.list_pod_stats.push(started.elapsed());
+        }
+    }
+}
+
+fn report(name: &str, rounds: &[Round]) {
     let or_na = |d: &Vec<Duration>| {
         if d.is_empty() {
             "n/a".to_string()
@@ -201,14 +212,26 @@ fn report(name: &str, m: &Measured) {
             ms(median(d.clone()))
         }
     };
-    println!(
-        "{name}: 100 pods: ListContainerStats median {}; ListPodSandboxStats median {}",
-        or_na(&m.list_container_stats),
-        or_na(&m.list_pod_stats)
-    );
-    for (pods, runtime, count, rss, pss) in &m.rss {
+    for r in rounds {
+        let pods = r.pods;
         println!(
-            "{name}: {pods} pods: runtime RSS {runtime} KiB; per pod: {count:.1} processes, RSS {rss} KiB, PSS {pss} KiB"
+            "{name}: {pods} pods: RunPodSandbox median {} p90 {}; CreateContainer+StartContainer median {} p90 {}; Stop+Remove median {} p90 {}",
+            ms(median(r.run.clone())),
+            ms(p90(r.run.clone())),
+            ms(median(r.create_start.clone())),
+            ms(p90(r.create_start.clone())),
+            ms(median(r.stop_remove.clone())),
+            ms(p90(r.stop_remove.clone()))
+        );
+        let (count, rss, pss) = r.per_pod;
+        println!(
+            "{name}: {pods} pods: runtime RSS {} KiB; per pod: {count:.1} processes, RSS {rss} KiB, PSS {pss} KiB",
+            r.runtime_rss
+        );
+        println!(
+            "{name}: {pods} pods: ListContainerStats median {}; ListPodSandboxStats median {}",
+            or_na(&r.list_container_stats),
+            or_na(&r.list_pod_stats)
         );
     }
 }
@@ -276,18 +299,17 @@ async fn measure(shape: Shape, registry: &str, pause: &str) {
         }
     };
     report(&format!("containerd 1.6 [{}]", shape.name()), &theirs);
-    let ratio = |a: Duration, b: Duration| b.as_secs_f64() / a.as_secs_f64();
-    println!(
-        "containerd/crius [{}]: RunPodSandbox {:.1}x, CreateContainer+StartContainer {:.1}x, Stop+Remove {:.1}x",
-        shape.name(),
-        ratio(median(crius.run.clone()), median(theirs.run.clone())),
-        ratio(
-            median(crius.create_start.clone()),
-            median(theirs.create_start.clone())
-        ),
-        ratio(
-            median(crius.stop_remove.clone()),
-            median(theirs.stop_remove.clone())
-        )
-    );
+    let ratio = |a: &[Duration], b: &[Duration]| {
+        median(b.to_vec()).as_secs_f64() / median(a.to_vec()).as_secs_f64()
+    };
+    for (ours, theirs) in crius.iter().zip(&theirs) {
+        println!(
+            "containerd/crius [{}]: {} pods: RunPodSandbox {:.1}x, CreateContainer+StartContainer {:.1}x, Stop+Remove {:.1}x",
+            shape.name(),
+            ours.pods,
+            ratio(&ours.run, &theirs.run),
+            ratio(&ours.create_start, &theirs.create_start),
+            ratio(&ours.stop_remove, &theirs.stop_remove)
+        );
+    }
 }
