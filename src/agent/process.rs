@@ -59,6 +59,9 @@ struct Container {
     host_pid: Pid,
     exit_file: PathBuf,
     oom_file: String,
+    /// OOMs counted in the parent cgroup's memory.events when the container started (v2's
+    /// counts are hierarchical): the evidence left when the container's own cgroup is gone.
+    parent_ooms: Option<u64>,
     log: LogWriter,
     /// stdout and stderr pipes (or the tty master as stdout) until they reach EOF.
     outputs: Vec<(OwnedFd, Stream)>,
@@ -601,6 +604,7 @@ impl Agent {
                 host_pid,
                 exit_file: PathBuf::from(&start.exit_file),
                 oom_file: start.oom_file.clone(),
+                parent_ooms: parent_ooms(&start.oom_file),
                 log,
                 outputs,
                 stdin: started.stdin,
@@ -851,7 +855,7 @@ impl Agent {
                     exit_code,
                     signal,
                     finished_at: now_ns(),
-                    oom_killed: oom_killed(&c.oom_file),
+                    oom_killed: oom_killed(&c.oom_file, c.parent_ooms),
                 };
                 if let Err(e) = write_exit_file(&c.exit_file, &exit) {
                     eprintln!("crius pod-agent: recording the exit of pid {pid}: {e}");
@@ -1035,13 +1039,33 @@ fn pump_exec(e: &mut ExecSession, oi: usize, buf: &mut [u8]) -> bool {
 /// v2's memory.events), or on v2 `oom N`, which the kernel counts before its OOM killer picks
 /// and kills a victim, while `oom_kill` moves only after the kill signal is sent: the victim
 /// can die and be reaped before that.
-fn oom_killed(oom_file: &str) -> bool {
+///
+/// Under the systemd driver systemd removes a container's scope, and with it the file, as soon
+/// as its last process has died, which can be before the agent reaps it. Then the parent's
+/// hierarchical count tells, if it moved since the container started.
+fn oom_killed(oom_file: &str, parent_ooms_at_start: Option<u64>) -> bool {
     if oom_file.is_empty() {
         return false;
     }
-    std::fs::read_to_string(oom_file)
-        .map(|text| counts_an_oom(&text))
-        .unwrap_or(false)
+    match std::fs::read_to_string(oom_file) {
+        Ok(text) => counts_an_oom(&text),
+        Err(_) => parent_ooms_at_start
+            .zip(parent_ooms(oom_file))
+            .is_some_and(|(before, now)| now > before),
+    }
+}
+
+/// v2's `oom` count in the memory.events of the parent of `oom_file`'s cgroup.
+fn parent_ooms(oom_file: &str) -> Option<u64> {
+    let file = std::path::Path::new(oom_file);
+    if file.file_name()? != "memory.events" {
+        return None;
+    }
+    let parent = file.parent()?.parent()?.join("memory.events");
+    let text = std::fs::read_to_string(parent).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom "))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 fn counts_an_oom(text: &str) -> bool {
@@ -1091,7 +1115,7 @@ fn loopback_up() -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::counts_an_oom;
+    use super::{counts_an_oom, oom_killed};
 
     #[test]
     fn an_oom_counts_from_either_counter() {
@@ -1104,5 +1128,25 @@ mod tests {
         let v1 = |kill: u32| format!("oom_kill_disable 0\nunder_oom 0\noom_kill {kill}\n");
         assert!(!counts_an_oom(&v1(0)));
         assert!(counts_an_oom(&v1(2)));
+    }
+
+    #[test]
+    fn a_removed_cgroup_falls_back_to_its_parents_count() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("memory.events"), "oom 3\noom_kill 3\n").unwrap();
+        let gone = dir.path().join("c.scope/memory.events");
+        let gone = gone.to_str().unwrap();
+        assert!(oom_killed(gone, Some(2)), "the parent counted one more");
+        assert!(
+            !oom_killed(gone, Some(3)),
+            "the parent's count did not move"
+        );
+        assert!(!oom_killed(gone, None), "nothing was read at the start");
+        std::fs::create_dir(dir.path().join("c.scope")).unwrap();
+        std::fs::write(gone, "oom 0\noom_kill 0\n").unwrap();
+        assert!(
+            !oom_killed(gone, Some(2)),
+            "the container's own file decides"
+        );
     }
 }
